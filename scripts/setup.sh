@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the tests and the demo need on a fresh Debian 12 machine, idempotently: only what is missing
+# is installed. Run as root (CI and the lab need root anyway).
+set -euo pipefail
+
+need_apt=()
+command -v tshark >/dev/null 2>&1 || need_apt+=(tshark)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v git >/dev/null 2>&1 || need_apt+=(git)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # tshark asks whether non-root users may capture; answer no without a prompt (lab README §3).
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; this project needs the machine's Rust toolchain (1.95)" >&2
+  exit 1
+fi
+
+echo "setup: ok ($(tshark --version 2>/dev/null | head -n1); $(python3 --version); $(cargo --version))"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test: the README's test command. Installs what is missing first (scripts/setup.sh).
+#   FUZZ_SECONDS=N   seconds per fuzz target (default 20)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step setup
+scripts/setup.sh
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests (unit, vectors, property, Python and tshark cross-checks)"
+cargo test --workspace --locked
+
+step "benchmarks compile"
+cargo bench --workspace --locked --no-run
+
+step "fuzz smoke"
+scripts/fuzz-smoke.sh
+
+echo
+echo "all tests passed"
