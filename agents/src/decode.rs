@@ -391,4 +391,81 @@ mod tests {
         let v = decode(&[4, 4, 0, 0, 0x45, 0, 0], &Keys::new());
         assert_eq!(v, json!({"type":"tunnel_data","next_header":4,"payload_length":3}));
     }
+
+    fn frame(linktype: u32, data: Vec<u8>, orig_len: u32) -> Frame {
+        Frame {
+            number: 7,
+            file_offset: 0,
+            linktype,
+            timestamp_ns: 0,
+            orig_len,
+            data,
+        }
+    }
+
+    fn udp(src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
+        let s = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(192, 0, 2, 77), src_port);
+        let d = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(198, 51, 100, 10), dst_port);
+        pcap::ipv4_udp_packet(s, d, payload)
+    }
+
+    #[test]
+    fn frames() {
+        let v1 = hex::decode(V1).unwrap();
+        let d = Dialect::default();
+        let k = Keys::new();
+        let full = udp(40001, 434, &v1);
+        let n = full.len() as u32;
+        match frame_json(&frame(101, full.clone(), n), &d, &k) {
+            FrameLine::Line(v) => {
+                assert_eq!(v["frame"], 7);
+                assert_eq!(v["src"], "192.0.2.77:40001");
+                assert_eq!(v["udp_checksum_ok"], true);
+                assert_eq!(v["type"], "registration_request");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Cut short by the snap length.
+        match frame_json(&frame(101, full[..40].to_vec(), n), &d, &k) {
+            FrameLine::Line(v) => assert_eq!(v["skipped"], "truncated", "{v}"),
+            other => panic!("{other:?}"),
+        }
+        // Not cut by the capture but the IP Total Length is wrong.
+        let mut bad = full.clone();
+        bad[3] = bad[3].wrapping_add(4);
+        match frame_json(&frame(101, bad.clone(), bad.len() as u32), &d, &k) {
+            FrameLine::Line(v) => assert_eq!(v["skipped"], "malformed_ip", "{v}"),
+            other => panic!("{other:?}"),
+        }
+        // UDP Length past the IP payload.
+        let mut bad = full.clone();
+        bad[25] = bad[25].wrapping_add(4);
+        match frame_json(&frame(101, bad.clone(), bad.len() as u32), &d, &k) {
+            FrameLine::Line(v) => assert_eq!(v["skipped"], "malformed_udp", "{v}"),
+            other => panic!("{other:?}"),
+        }
+        // Malformed Mobile IP payload.
+        let m = udp(434, 40001, &v1[..23]);
+        match frame_json(&frame(228, m.clone(), m.len() as u32), &d, &k) {
+            FrameLine::Malformed(v) => {
+                assert_eq!(v["error"], "truncated at byte offset 23");
+                assert_eq!(v["offset"], 23);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Ignored: other ports, non-UDP, IPv6, short or broken headers, unknown link types.
+        let other = udp(40001, 53, &v1);
+        assert_eq!(frame_json(&frame(101, other.clone(), 0), &d, &k), FrameLine::Ignored);
+        let mut tcp = full.clone();
+        tcp[9] = 6;
+        assert_eq!(frame_json(&frame(101, tcp, 0), &d, &k), FrameLine::Ignored);
+        assert_eq!(frame_json(&frame(101, vec![0x60; 60], 0), &d, &k), FrameLine::Ignored);
+        assert_eq!(frame_json(&frame(147, full.clone(), 0), &d, &k), FrameLine::Ignored);
+        let mut ihl = full.clone();
+        ihl[0] = 0x44;
+        assert_eq!(frame_json(&frame(101, ihl, 0), &d, &k), FrameLine::Ignored);
+        for cut in 0..full.len() {
+            let _ = frame_json(&frame(101, full[..cut].to_vec(), n), &d, &k);
+        }
+    }
 }

@@ -14,7 +14,8 @@
 //!
 //! Layout, sized for a million bindings: entries live in a slot table (`Vec<Option<MnEntry>>` with a free list);
 //! the home-address and NAI indices map to a `u32` slot; one binding is stored inline in the entry, so the common
-//! case makes no allocation beyond the tables (measured: about 106 heap bytes per binding for a million pre-sized, 111 grown by doubling).
+//! case makes no allocation beyond the tables. Measured for a million nodes: about 106 heap bytes per binding
+//! when pre-sized with [`BindingCache::with_capacity`], 111 when grown by doubling.
 
 use core::cmp::Reverse;
 use core::fmt;
@@ -25,7 +26,7 @@ use std::collections::{BinaryHeap, HashMap};
 use crate::time::Instant;
 
 /// Most care-of bindings one mobile node may hold at once. A request for more is refused with code 135
-/// ("too many simultaneous mobility bindings", RFC 5944 §3.4) [G: the RFC sets no number].
+/// ("too many simultaneous mobility bindings", RFC 5944 §3.4) \[G: the RFC sets no number\].
 pub const MAX_SIMULTANEOUS_BINDINGS: usize = 8;
 
 /// Registration Lifetime meaning "infinity" (RFC 5944 §3.3): such a binding never expires.

@@ -166,7 +166,7 @@ impl ReplayState {
     }
 
     /// Records a nonce issued by someone else. The proxy uses it with the high 32 bits of each HA reply it relays,
-    /// then requires them in the MN's next request (spec §4 "Proxy specifics" [G]).
+    /// then requires them in the MN's next request (spec §4 "Proxy specifics" \[G\]).
     pub fn record_issued_nonce(&mut self, nonce: u32) {
         self.nonce_issued = Some(nonce);
     }
@@ -205,9 +205,11 @@ impl ReplayState {
         }
     }
 
-    /// Records an accepted request (the proxy: one the HA accepted, spec §4). For nonces the issued nonce is consumed (a second, different request with the
-    /// same nonce is refused); accepting the last accepted request again (a retransmission) changes nothing.
-    /// For timestamps the stored value never moves backwards, so a late accept of an older request is harmless.
+    /// Records an accepted request (at the proxy: one the HA accepted, spec §4 "Proxy specifics").
+    ///
+    /// Nonces: the issued nonce is consumed, so a second, different request with the same nonce is refused;
+    /// accepting the last accepted request again (a retransmission) changes nothing. Timestamps: the stored value
+    /// never moves backwards, so a late accept of an older request (replies reordered) is harmless.
     pub fn accept(&mut self, style: &ReplayStyle, ident: u64) {
         match (style, self.last_accepted) {
             (_, Some(last)) if last == ident => {}
@@ -226,7 +228,7 @@ impl ReplayState {
     /// bits, the request's low 32 bits are copied, and `fresh_nonce` becomes the one the next request must carry
     /// (RFC 5944 §5.7.2). When the request is a retransmission of the last accepted one and a nonce was already
     /// issued for it, that nonce is repeated instead, so whichever copy of the reply reaches the MN leaves it in
-    /// sync [G].
+    /// sync \[G\].
     pub fn reply_identification(&mut self, style: &ReplayStyle, request_ident: u64, fresh_nonce: u32) -> u64 {
         match style {
             ReplayStyle::Timestamp { .. } => request_ident,
@@ -846,7 +848,12 @@ mod tests {
 
         /// The receiver never panics and a resync always copies the low 32 bits.
         #[test]
-        fn resync_copies_low_bits(ident in any::<u64>(), now in any::<u64>(), nonce in any::<u32>(), nonce_style in any::<bool>()) {
+        fn resync_copies_low_bits(
+            ident in any::<u64>(),
+            now in any::<u64>(),
+            nonce in any::<u32>(),
+            nonce_style in any::<bool>(),
+        ) {
             let style = if nonce_style { NONCE } else { TS };
             let mut ha = ReplayState::new();
             let _ = ha.check(&style, ident, NtpTimestamp(now));
