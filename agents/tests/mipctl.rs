@@ -336,6 +336,48 @@ fn tunnel_data_message() {
     );
 }
 
+#[test]
+fn keyed_md5_algorithm() {
+    // Spec §11.2: legacy keyed-MD5 prefix+suffix over V1's 30 covered bytes.
+    let msg = format!("{}c70b7b4de64f1ce3d251055f41ed603c", &V1[..60]);
+    let o = mipctl(
+        &["decode", "--key", KEY, "--spi", "256", "--algorithm", "keyed-md5", &msg],
+        None,
+    );
+    assert_eq!(stdout_lines(&o)[0]["extensions"][0]["valid"], true);
+    let o = mipctl(&["decode", "--key", KEY, &msg], None);
+    assert_eq!(stdout_lines(&o)[0]["extensions"][0]["valid"], false);
+}
+
+#[test]
+fn ha_parameter_code_point() {
+    // HA Parameter as type 120 / sub-type 3 (a deployment's dialect), then V1's MN-HA bytes.
+    let msg = format!("{}780603000a0a0101{}", &V1[..48], &V1[48..]);
+    let o = mipctl(
+        &["decode", "--ha-param-type", "120", "--ha-param-subtype", "3", &msg],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let ext = &stdout_lines(&o)[0]["extensions"][0];
+    assert_eq!(
+        ext,
+        &json!({"type": 120, "offset": 24, "name": "ha_parameter", "subtype": 3,
+        "home_agent": "10.10.1.1", "data": "03000a0a0101"})
+    );
+    // Without the dialect, 120 is an unknown non-skippable type.
+    assert_eq!(
+        malformed(&msg),
+        "error: unknown non-skippable extension type 120 (message must be discarded) at byte offset 24"
+    );
+    // The default code point is 255 / 1.
+    let msg = format!("{}ff0601000a0a0101{}", &V1[..48], &V1[48..]);
+    let o = mipctl(&["decode", &msg], None);
+    assert_eq!(stdout_lines(&o)[0]["extensions"][0]["home_agent"], "10.10.1.1");
+    // A code point that collides with a standard extension is a usage error.
+    let o = mipctl(&["decode", "--ha-param-type", "32", &msg], None);
+    assert_eq!(o.status.code(), Some(2));
+}
+
 // === captures ===
 
 fn sock(a: [u8; 4], port: u16) -> SocketAddrV4 {
