@@ -18,6 +18,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "tests (unit, vectors, property, Python and tshark cross-checks)"
 cargo test --workspace --locked
 
+step "conformance map names real tests"
+scripts/check-conformance.sh
+
 step "benchmarks compile"
 cargo bench --workspace --locked --no-run
 

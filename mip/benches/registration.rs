@@ -6,7 +6,9 @@
 //! * `parse_verify_request/v1_keyed_md5`: the same with an RFC 2002 keyed-MD5 (prefix+suffix) SA.
 //! * `emit_sign_reply/{v4,v6}`: build the V4 reply, and the V6 reply with a UDP Tunnel Reply, with
 //!   `MessageWriter` + `push_auth(MobileHome)` into a reused buffer.
-//! * `hmac_md5/30_bytes`: `SecurityAssociation::compute` over V1's 30 covered bytes, the floor for the above.
+//! * `authenticator/*`: `SecurityAssociation::compute` over V1's 30 covered bytes (HMAC-MD5 and keyed MD5), the
+//!   floor for the above, and HMAC-MD5 without the SA's precomputed key state for comparison.
+//! * `keystore/get_10k`: the (home address, SPI) lookup alone.
 //!
 //! Every benchmark checks its result once against the spec bytes before timing. Run:
 //! `cargo bench -p mip --bench registration` (add `-- --quick` for a fast pass).
@@ -16,7 +18,7 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use mip::auth::{Algorithm, AuthError, Key, SecurityAssociation, Spi};
+use mip::auth::{self, Algorithm, AuthError, Key, SecurityAssociation, Spi};
 use mip::keystore::KeyStore;
 use mip::replay::ReplayStyle;
 use mip::wire::{AuthKind, Dialect, ExtensionBody, MessageWriter, ReplyCode, ReplyRepr, Request, UdpTunnelReply};

@@ -350,7 +350,7 @@ mod tests {
     }
 
     #[test]
-    fn case_08_padding_and_prefix_lengths() {
+    fn case_08_padding_in_agent_advertisement() {
         let routers = [10, 0, 0, 1, 0, 0, 0, 0];
         let adv = AgentAdvertisementRepr {
             code: 0,

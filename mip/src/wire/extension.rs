@@ -750,7 +750,7 @@ mod tests {
     }
 
     #[test]
-    fn case_05_truncated_extension() {
+    fn truncated_extension() {
         // MN-HA with Length 20 but only 10 bytes after the header.
         let b = [32, 20, 0, 0, 1, 0, 1, 2, 3, 4, 5, 6];
         let e = Extensions::new(&b, 24, Dialect::default()).next().unwrap().unwrap_err();
@@ -764,7 +764,7 @@ mod tests {
     }
 
     #[test]
-    fn case_06_unknown_non_skippable() {
+    fn unknown_non_skippable() {
         let e = Extensions::new(&[100, 2, 0, 0], 24, Dialect::default())
             .next()
             .unwrap()
@@ -773,7 +773,7 @@ mod tests {
     }
 
     #[test]
-    fn case_07_unknown_skippable_kept() {
+    fn unknown_skippable_kept() {
         assert_eq!(
             one(&[200, 3, 1, 2, 3]).unwrap(),
             ExtensionBody::Skippable {
@@ -784,7 +784,7 @@ mod tests {
     }
 
     #[test]
-    fn case_08_one_byte_padding() {
+    fn one_byte_padding() {
         let b = [0, 0, 130, 0, 0];
         let v: Vec<_> = Extensions::new(&b, 24, Dialect::default())
             .map(|e| e.unwrap())
@@ -797,7 +797,7 @@ mod tests {
     }
 
     #[test]
-    fn case_09_long_format_generalized_auth() {
+    fn long_format_generalized_auth() {
         // Type 36, sub-type 1, 16-bit Length 300, then an NAI: the raw walker lands on the NAI at 24+4+300.
         let mut b = vec![36, 1, 0x01, 0x2c];
         b.extend(std::iter::repeat_n(0x55, 300));
