@@ -27,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
                 let _ = (m.flags.sender_rules_hold(), format!("{:?}", m.flags));
             }
             let len = repr.buffer_len();
-            assert!(len <= data.len(), "a re-emitted advertisement can only lose padding and unknown extensions");
+            assert!(
+                len <= data.len(),
+                "a re-emitted advertisement can only lose padding and unknown extensions"
+            );
             let mut buf = vec![0u8; len];
             let n = repr.emit(&mut buf).expect("a parsed advertisement emits");
             assert_eq!(n, len);
@@ -35,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
             let back = AgentAdvertisementRepr::parse(&buf).expect("an emitted advertisement parses");
             assert_eq!(back, repr);
             let mut short = vec![0u8; len - 1];
-            assert_eq!(repr.emit(&mut short).expect_err("short").kind, ErrorKind::BufferTooSmall);
+            assert_eq!(
+                repr.emit(&mut short).expect_err("short").kind,
+                ErrorKind::BufferTooSmall
+            );
         }
         Err(e) => {
             assert!(e.offset <= data.len(), "error offset {} past the end: {e:?}", e.offset);
@@ -52,7 +58,10 @@ fuzz_target!(|data: &[u8]| {
             if data.len() == AgentSolicitation::LEN && data[4..8] == [0; 4] {
                 assert_eq!(&buf[..], data);
             }
-            assert_eq!(s.emit(&mut [0u8; 7]).expect_err("short").kind, ErrorKind::BufferTooSmall);
+            assert_eq!(
+                s.emit(&mut [0u8; 7]).expect_err("short").kind,
+                ErrorKind::BufferTooSmall
+            );
         }
         Err(e) => {
             assert!(e.offset <= data.len());

@@ -50,7 +50,10 @@ fuzz_target!(|data: &[u8]| {
                 raw_items.push(Ok(x));
             }
             Err(e) => {
-                assert_eq!(e.offset, next_off, "raw error must sit where the failing extension starts");
+                assert_eq!(
+                    e.offset, next_off,
+                    "raw error must sit where the failing extension starts"
+                );
                 assert!(matches!(e.kind, ErrorKind::ExtensionTruncated(ty) if ty == region[next_off - base]));
                 let _ = format!("{e}");
                 raw_items.push(Err(e));
@@ -67,7 +70,9 @@ fuzz_target!(|data: &[u8]| {
     let mut n = 0;
     for (i, r) in typed.by_ref().enumerate() {
         n = i + 1;
-        let raw_i = raw_items.get(i).expect("typed walker yields no more than the raw walker");
+        let raw_i = raw_items
+            .get(i)
+            .expect("typed walker yields no more than the raw walker");
         match (r, raw_i) {
             (Ok(e), Ok(rx)) => {
                 assert_eq!((e.offset, e.bytes), (rx.offset, rx.bytes));
@@ -86,7 +91,10 @@ fuzz_target!(|data: &[u8]| {
                 let written = e.body.emit(&mut buf, &dialect).expect("a parsed extension emits");
                 assert_eq!(written, len);
                 assert_eq!(buf.as_slice(), e.bytes, "emit(parse(x)) != x for {:?}", e.body);
-                let back = Extensions::new(&buf, e.offset, dialect).next().expect("one").expect("re-parses");
+                let back = Extensions::new(&buf, e.offset, dialect)
+                    .next()
+                    .expect("one")
+                    .expect("re-parses");
                 assert_eq!(back, e);
                 if len > 0 {
                     let mut short = vec![0u8; len - 1];
@@ -95,7 +103,10 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             (Err(e), Ok(rx)) => {
-                assert_eq!(e.offset, rx.offset + usize::from(matches!(e.kind, ErrorKind::ExtensionLength(..))));
+                assert_eq!(
+                    e.offset,
+                    rx.offset + usize::from(matches!(e.kind, ErrorKind::ExtensionLength(..)))
+                );
                 match e.kind {
                     ErrorKind::UnknownNonSkippable(ty) => {
                         assert_eq!(ty, rx.ty);

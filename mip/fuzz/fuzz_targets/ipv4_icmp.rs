@@ -47,12 +47,18 @@ fn check_icmp(bytes: &[u8]) {
     let q = IcmpPacket::new_checked(&buf[..]).expect("len");
     assert!(q.verify_checksum());
     assert_eq!(IcmpRepr::parse(&q), Ok(repr), "ICMP emit/parse round trip");
-    if matches!(repr, IcmpRepr::EchoRequest { .. } | IcmpRepr::EchoReply { .. } | IcmpRepr::Other { .. }) {
+    if matches!(
+        repr,
+        IcmpRepr::EchoRequest { .. } | IcmpRepr::EchoReply { .. } | IcmpRepr::Other { .. }
+    ) {
         assert_eq!(&buf[..2], &bytes[..2]);
         assert!(same_checksum(&buf[2..4], &bytes[2..4]));
         assert_eq!(&buf[4..], &bytes[4..]);
     }
-    assert_eq!(repr.emit(&mut vec![0u8; len - 1]).expect_err("short").kind, ErrorKind::BufferTooSmall);
+    assert_eq!(
+        repr.emit(&mut vec![0u8; len - 1]).expect_err("short").kind,
+        ErrorKind::BufferTooSmall
+    );
 }
 
 fn check_udp(payload: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
@@ -103,7 +109,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(r) => {
             assert!(valid);
             assert_eq!(r.payload_len, total - hl);
-            assert_eq!((r.src_addr, r.dst_addr, r.protocol, r.ttl), (p.src_addr(), p.dst_addr(), p.protocol(), ttl));
+            assert_eq!(
+                (r.src_addr, r.dst_addr, r.protocol, r.ttl),
+                (p.src_addr(), p.dst_addr(), p.protocol(), ttl)
+            );
             let _ = format!("{r}");
             // Option-less, unfragmented, reserved flag clear: the Repr holds every header field.
             if hl == 20 && !p.is_fragment() && data[6] & 0x80 == 0 {
@@ -132,7 +141,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(q.verify_checksum(), "decrement_ttl broke a valid checksum (ttl {ttl})");
             let mut full = copy.clone();
             Ipv4Packet::new_unchecked(&mut full[..]).fill_checksum();
-            assert!(same_checksum(&copy[10..12], &full[10..12]), "incremental vs full checksum");
+            assert!(
+                same_checksum(&copy[10..12], &full[10..12]),
+                "incremental vs full checksum"
+            );
         }
         for (i, (a, b)) in copy.iter().zip(data).enumerate() {
             if !matches!(i, 8 | 10 | 11) {

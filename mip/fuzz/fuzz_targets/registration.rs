@@ -10,7 +10,6 @@
 //! * Tunnel Data: the payload is everything after the 4-byte header.
 #![no_main]
 
-use std::fmt::Write as _;
 use libfuzzer_sys::fuzz_target;
 use mip::auth::{AUTH_EXT_HEADER_LEN, AUTHENTICATOR_LEN, Algorithm, AuthError, Key, SecurityAssociation, Spi};
 use mip::replay::ReplayStyle;
@@ -18,6 +17,7 @@ use mip::wire::{
     AuthKind, Dialect, Extension, ExtensionBody, Message, MessageType, MessageWriter, REPLY_HEADER_LEN,
     REQUEST_HEADER_LEN, Reply, Request,
 };
+use std::fmt::Write as _;
 
 /// The spec §11.2 SA (key 00..0f, SPI 0x100), so seeds V1–V8 verify.
 fn spec_sa() -> &'static SecurityAssociation {
@@ -32,14 +32,24 @@ fn spec_sa() -> &'static SecurityAssociation {
     })
 }
 
-fn check_auth(data: &[u8], header_len: usize, exts: &[Extension<'_>], start_writer: &dyn Fn(&mut [u8]) -> MessageWriter<'_>) {
+fn check_auth(
+    data: &[u8],
+    header_len: usize,
+    exts: &[Extension<'_>],
+    start_writer: &dyn Fn(&mut [u8]) -> MessageWriter<'_>,
+) {
     let sa = spec_sa();
     for (i, e) in exts.iter().enumerate() {
         let r = sa.verify(data, e);
         if let Err(err) = r {
             let _ = format!("{err} {}", err.as_str());
         }
-        let ExtensionBody::Auth { kind, spi, authenticator } = e.body else {
+        let ExtensionBody::Auth {
+            kind,
+            spi,
+            authenticator,
+        } = e.body
+        else {
             assert_eq!(r, Err(AuthError::NotAuthentication));
             continue;
         };
@@ -126,14 +136,21 @@ fn check_reply(data: &[u8], rep: &Reply<'_>) {
         assert_eq!(rep.auth(kind).is_some(), rep.auth_count(kind) > 0);
     }
     let _ = rep.nai();
-    check_auth(data, REPLY_HEADER_LEN, &exts, &|b| MessageWriter::reply(b, &rep.repr, &dialect).expect("reply header fits"));
+    check_auth(data, REPLY_HEADER_LEN, &exts, &|b| {
+        MessageWriter::reply(b, &rep.repr, &dialect).expect("reply header fits")
+    });
 }
 
 fuzz_target!(|data: &[u8]| {
     let dialect = Dialect::default();
     match Message::parse(data, &dialect) {
         Err(e) => {
-            assert!(e.offset <= data.len(), "error offset {} past the end ({} bytes): {e:?}", e.offset, data.len());
+            assert!(
+                e.offset <= data.len(),
+                "error offset {} past the end ({} bytes): {e:?}",
+                e.offset,
+                data.len()
+            );
             let s = format!("{e} {} {:?}", e.kind.as_str(), e);
             assert!(!s.is_empty());
             // The type-specific parsers must agree.

@@ -31,8 +31,10 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             assert_ne!(data[0], 4);
             assert_eq!(e, Error::new(ErrorKind::WrongType(data[0]), 0));
-            assert!(matches!(Message::parse(data, &Dialect::default()).map(|m| m.message_type()),
-                Err(_) | Ok(mip::wire::MessageType::RegistrationRequest | mip::wire::MessageType::RegistrationReply)));
+            assert!(matches!(
+                Message::parse(data, &Dialect::default()).map(|m| m.message_type()),
+                Err(_) | Ok(mip::wire::MessageType::RegistrationRequest | mip::wire::MessageType::RegistrationReply)
+            ));
             return;
         }
     };
@@ -50,7 +52,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let back = TunnelDataPacket::new_checked(&copy[..]).expect("len");
     assert_eq!(TunnelDataRepr::parse(&back), Ok(repr));
-    assert_eq!(repr.emit(&mut [0u8; 3]).expect_err("short").kind, ErrorKind::BufferTooSmall);
+    assert_eq!(
+        repr.emit(&mut [0u8; 3]).expect_err("short").kind,
+        ErrorKind::BufferTooSmall
+    );
 
     match Message::parse(data, &Dialect::default()) {
         Ok(Message::TunnelData(td)) => {

@@ -160,7 +160,7 @@ impl<'a> RawExtensions<'a> {
             bytes,
         };
         self.rest = rest;
-        self.offset += total;
+        self.offset = self.offset.saturating_add(total);
         Ok(raw)
     }
 }
@@ -380,7 +380,7 @@ impl<'a> ExtensionBody<'a> {
         let bad_len = || {
             Error::new(
                 ErrorKind::ExtensionLength(raw.ty, raw.data.len() as u16),
-                raw.offset + 1,
+                raw.offset.saturating_add(1),
             )
         };
         let d = raw.data;
@@ -475,7 +475,24 @@ impl<'a> ExtensionBody<'a> {
 
     /// Writes the extension at the start of `buf`; returns the bytes written. Variable-length bodies longer
     /// than a 1-byte Length allows fail with [`ErrorKind::ExtensionLength`].
+    ///
+    /// A hand-built [`ExtensionBody::Skippable`] must read back as itself: a type below 128, or a type and data
+    /// that this crate would interpret as another body (e.g. 144 with sub-type 0), fails with
+    /// [`ErrorKind::BadValue`] instead of emitting bytes that parse differently.
     pub fn emit(&self, buf: &mut [u8], dialect: &Dialect) -> Result<usize> {
+        if let ExtensionBody::Skippable { ty, data } = *self {
+            let raw = RawExtension {
+                offset: 0,
+                ty,
+                format: ExtFormat::of(ty),
+                long_subtype: None,
+                data,
+                bytes: &[],
+            };
+            if raw.format != ExtFormat::Tlv || ExtensionBody::parse(&raw, dialect) != Ok(*self) {
+                return Err(Error::new(ErrorKind::BadValue, 0));
+            }
+        }
         let len = self.buffer_len();
         let length_byte = u8::try_from(len.saturating_sub(2)).map_err(|_| {
             Error::new(
@@ -579,7 +596,7 @@ impl Extension<'_> {
     /// the Authenticator field, i.e. through this extension's SPI).
     pub fn auth_covered_end(&self) -> Option<usize> {
         match self.body {
-            ExtensionBody::Auth { .. } => Some(self.offset + 6),
+            ExtensionBody::Auth { .. } => self.offset.checked_add(6),
             _ => None,
         }
     }
@@ -840,6 +857,42 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn emit_refuses_skippable_that_would_read_back_differently() {
+        let mut buf = [0u8; 16];
+        let d = Dialect::default();
+        for bad in [
+            ExtensionBody::Skippable { ty: 0, data: &[1, 2] },
+            ExtensionBody::Skippable { ty: 100, data: &[] },
+            ExtensionBody::Skippable {
+                ty: 144,
+                data: &[0, 0, 0, 4, 0, 0],
+            },
+            ExtensionBody::Skippable {
+                ty: 255,
+                data: &[1, 0, 1, 2, 3, 4],
+            },
+            ExtensionBody::Skippable { ty: 131, data: b"joe" },
+        ] {
+            assert_eq!(bad.emit(&mut buf, &d).unwrap_err().kind, ErrorKind::BadValue, "{bad:?}");
+        }
+        assert!(
+            ExtensionBody::Skippable { ty: 200, data: &[1] }
+                .emit(&mut buf, &d)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn offsets_near_usize_max_do_not_overflow() {
+        assert_eq!(RawExtensions::new(&[0, 0], usize::MAX).count(), 2);
+        let e = Extensions::new(&[33, 0], usize::MAX, Dialect::default())
+            .next()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.offset, usize::MAX);
     }
 
     #[test]

@@ -290,7 +290,11 @@ impl Ipv4Repr {
     /// Writes a 20-byte header with checksum at the start of `buf`. Total Length must fit 16 bits.
     pub fn emit(&self, buf: &mut [u8]) -> Result<()> {
         room(buf, HEADER_LEN)?;
-        let total = u16::try_from(HEADER_LEN + self.payload_len).map_err(|_| Error::new(ErrorKind::BadLength, 2))?;
+        let total = self
+            .payload_len
+            .checked_add(HEADER_LEN)
+            .and_then(|t| u16::try_from(t).ok())
+            .ok_or(Error::new(ErrorKind::BadLength, field::LENGTH.start))?;
         let mut p = Ipv4Packet::new_unchecked(buf);
         p.set_version_and_header_len(HEADER_LEN);
         p.set_tos(self.tos);
@@ -377,6 +381,16 @@ mod tests {
             Ipv4Packet::new_checked(&h[..]).unwrap_err(),
             Error::new(ErrorKind::BadLength, 2)
         );
+    }
+
+    #[test]
+    fn emit_refuses_impossible_payload_length() {
+        let h = header_with_checksum();
+        let mut r = Ipv4Repr::parse(&Ipv4Packet::new_unchecked(&h[..])).unwrap();
+        for len in [usize::MAX, 65_516] {
+            r.payload_len = len;
+            assert_eq!(r.emit(&mut [0u8; 20]).unwrap_err(), Error::new(ErrorKind::BadLength, 2));
+        }
     }
 
     #[test]

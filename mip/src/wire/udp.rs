@@ -158,7 +158,9 @@ impl UdpRepr {
     /// Writes the header in front of the `payload_len` bytes that must already follow it in `buf`, and fills
     /// the checksum.
     pub fn emit(&self, buf: &mut [u8], payload_len: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Result<()> {
-        let total = HEADER_LEN + payload_len;
+        let total = payload_len
+            .checked_add(HEADER_LEN)
+            .ok_or(Error::new(ErrorKind::BadLength, field::LENGTH.start))?;
         room(buf, total)?;
         let len = u16::try_from(total).map_err(|_| Error::new(ErrorKind::BadLength, field::LENGTH.start))?;
         let mut p = UdpPacket::new_unchecked(buf);
@@ -198,6 +200,18 @@ mod tests {
         assert_eq!(
             UdpRepr::parse(&UdpPacket::new_unchecked(&bad[..]), SRC, DST).unwrap_err(),
             Error::new(ErrorKind::BadChecksum, 6)
+        );
+    }
+
+    #[test]
+    fn emit_refuses_impossible_payload_length() {
+        let r = UdpRepr {
+            src_port: 1,
+            dst_port: MIP_PORT,
+        };
+        assert_eq!(
+            r.emit(&mut [0u8; 8], usize::MAX, SRC, DST).unwrap_err().kind,
+            ErrorKind::BadLength
         );
     }
 
