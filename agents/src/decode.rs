@@ -17,7 +17,8 @@
 //!   * everything else (padding, 130, 149, unknown skippable types): `data`, the hex of the bytes after Type and
 //!     Length (empty for one-byte padding).
 
-use mip::auth::{self, Algorithm, Key, Spi};
+use mip::auth::{Algorithm, Key, SecurityAssociation, Spi};
+use mip::replay::ReplayStyle;
 use mip::wire::ipv4::{HEADER_LEN as IPV4_HEADER_LEN, Ipv4Packet, protocol};
 use mip::wire::udp::{HEADER_LEN as UDP_HEADER_LEN, MIP_PORT, UdpPacket};
 use mip::wire::{Dialect, Extension, ExtensionBody, Message};
@@ -75,18 +76,16 @@ impl Keys {
     /// Whether the authentication extension `ext` of message `msg` verifies with the applicable key; `None`
     /// when no key applies or `ext` is not an authentication extension. Reserved SPIs (0–255) never verify.
     pub fn verify(&self, msg: &[u8], ext: &Extension<'_>) -> Option<bool> {
-        let ExtensionBody::Auth { spi, authenticator, .. } = ext.body else {
+        let ExtensionBody::Auth { spi, .. } = ext.body else {
             return None;
         };
         let entry = self.find(spi)?;
-        if Spi::new(spi).is_err() {
-            return Some(false);
-        }
-        let Some(data) = auth::covered(msg, ext.offset) else {
+        let Ok(spi) = Spi::new(spi) else {
             return Some(false);
         };
-        let expected = auth::compute(entry.algorithm, entry.key.expose(), data);
-        Some(auth::authenticator_eq(&expected, authenticator))
+        // The same check a daemon runs: an SA with this key, verified over the covered bytes.
+        let sa = SecurityAssociation::new(spi, entry.algorithm, entry.key.clone(), ReplayStyle::default());
+        Some(sa.verify(msg, ext).is_ok())
     }
 }
 
@@ -350,7 +349,7 @@ mod tests {
         let mut b = hex::decode(V1).unwrap();
         b[29] = 0xff;
         b[28] = 0;
-        let mac = auth::compute(Algorithm::HmacMd5, key().expose(), &b[..30]);
+        let mac = mip::auth::compute(Algorithm::HmacMd5, key().expose(), &b[..30]);
         b[30..].copy_from_slice(&mac);
         let v = decode(&b, &Keys::new().with(None, key(), Algorithm::HmacMd5));
         assert_eq!(v["extensions"][0]["spi"], 255);

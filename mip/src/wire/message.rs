@@ -45,78 +45,30 @@ impl MessageType {
     }
 }
 
-/// Walks and checks every extension of `region` (which starts at `base`).
-fn validate(region: &[u8], base: usize, dialect: Dialect) -> Result<()> {
-    for e in Extensions::new(region, base, dialect) {
-        e?;
-    }
-    Ok(())
-}
-
-/// Extensions that were validated at parse time.
-fn valid_extensions<'a>(region: &'a [u8], base: usize, dialect: Dialect) -> impl Iterator<Item = Extension<'a>> + 'a {
-    Extensions::new(region, base, dialect).map_while(core::result::Result::ok)
+/// A registration message whose fixed part (`R`: [`RequestRepr`] or [`ReplyRepr`]) and extensions all parsed.
+#[derive(Debug, Clone, Copy)]
+pub struct Registration<'a, R> {
+    /// Fixed part.
+    pub repr: R,
+    /// The whole message.
+    pub bytes: &'a [u8],
+    header_len: usize,
+    dialect: Dialect,
 }
 
 /// A Registration Request whose fixed part and extensions all parsed.
-#[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
-    /// Fixed part.
-    pub repr: RequestRepr,
-    /// The whole message.
-    pub bytes: &'a [u8],
-    dialect: Dialect,
-}
+pub type Request<'a> = Registration<'a, RequestRepr>;
+
+/// A Registration Reply whose fixed part and extensions all parsed.
+pub type Reply<'a> = Registration<'a, ReplyRepr>;
 
 impl<'a> Request<'a> {
     /// Parses and validates a whole Registration Request.
     pub fn parse(bytes: &'a [u8], dialect: &Dialect) -> Result<Self> {
         let p = RegistrationRequest::new_checked(bytes)?;
         let repr = RequestRepr::parse(&p)?;
-        validate(p.extensions(), REQUEST_HEADER_LEN, *dialect)?;
-        Ok(Request {
-            repr,
-            bytes,
-            dialect: *dialect,
-        })
+        Registration::validated(repr, bytes, REQUEST_HEADER_LEN, dialect)
     }
-
-    /// The extensions, in order.
-    pub fn extensions(&self) -> impl Iterator<Item = Extension<'a>> + 'a {
-        valid_extensions(
-            self.bytes.get(REQUEST_HEADER_LEN..).unwrap_or(&[]),
-            REQUEST_HEADER_LEN,
-            self.dialect,
-        )
-    }
-
-    /// The first authentication extension of `kind`.
-    pub fn auth(&self, kind: AuthKind) -> Option<Extension<'a>> {
-        find_auth(self.extensions(), kind)
-    }
-
-    /// How many authentication extensions of `kind` the message carries.
-    pub fn auth_count(&self, kind: AuthKind) -> usize {
-        count_auth(self.extensions(), kind)
-    }
-
-    /// The NAI, if present.
-    pub fn nai(&self) -> Option<&'a [u8]> {
-        self.extensions().find_map(|e| match e.body {
-            ExtensionBody::Nai(n) => Some(n),
-            _ => None,
-        })
-    }
-}
-
-/// A Registration Reply whose fixed part and extensions all parsed.
-#[derive(Debug, Clone, Copy)]
-pub struct Reply<'a> {
-    /// Fixed part.
-    pub repr: ReplyRepr,
-    /// The whole message.
-    pub bytes: &'a [u8],
-    dialect: Dialect,
 }
 
 impl<'a> Reply<'a> {
@@ -124,32 +76,40 @@ impl<'a> Reply<'a> {
     pub fn parse(bytes: &'a [u8], dialect: &Dialect) -> Result<Self> {
         let p = RegistrationReply::new_checked(bytes)?;
         let repr = ReplyRepr::parse(&p)?;
-        validate(p.extensions(), REPLY_HEADER_LEN, *dialect)?;
-        Ok(Reply {
+        Registration::validated(repr, bytes, REPLY_HEADER_LEN, dialect)
+    }
+}
+
+impl<'a, R> Registration<'a, R> {
+    /// Walks and checks every extension after the `header_len`-byte fixed part.
+    fn validated(repr: R, bytes: &'a [u8], header_len: usize, dialect: &Dialect) -> Result<Self> {
+        let region = bytes.get(header_len..).unwrap_or(&[]);
+        for e in Extensions::new(region, header_len, *dialect) {
+            e?;
+        }
+        Ok(Registration {
             repr,
             bytes,
+            header_len,
             dialect: *dialect,
         })
     }
 
-    /// The extensions, in order.
+    /// The extensions, in order (validated at parse time, so none is an error).
     pub fn extensions(&self) -> impl Iterator<Item = Extension<'a>> + 'a {
-        valid_extensions(
-            self.bytes.get(REPLY_HEADER_LEN..).unwrap_or(&[]),
-            REPLY_HEADER_LEN,
-            self.dialect,
-        )
+        let region = self.bytes.get(self.header_len..).unwrap_or(&[]);
+        Extensions::new(region, self.header_len, self.dialect).map_while(core::result::Result::ok)
     }
 
     /// The first authentication extension of `kind`.
     pub fn auth(&self, kind: AuthKind) -> Option<Extension<'a>> {
-        find_auth(self.extensions(), kind)
+        self.extensions().find(|e| is_auth(e, kind))
     }
 
     /// How many authentication extensions of `kind` the message carries (a reply with two MN-HA extensions
     /// must be discarded, RFC 5944 §3.6.2.1).
     pub fn auth_count(&self, kind: AuthKind) -> usize {
-        count_auth(self.extensions(), kind)
+        self.extensions().filter(|e| is_auth(e, kind)).count()
     }
 
     /// The NAI, if present.
@@ -161,13 +121,8 @@ impl<'a> Reply<'a> {
     }
 }
 
-fn find_auth<'a>(mut it: impl Iterator<Item = Extension<'a>>, kind: AuthKind) -> Option<Extension<'a>> {
-    it.find(|e| matches!(e.body, ExtensionBody::Auth { kind: k, .. } if k == kind))
-}
-
-fn count_auth<'a>(it: impl Iterator<Item = Extension<'a>>, kind: AuthKind) -> usize {
-    it.filter(|e| matches!(e.body, ExtensionBody::Auth { kind: k, .. } if k == kind))
-        .count()
+fn is_auth(e: &Extension<'_>, kind: AuthKind) -> bool {
+    matches!(e.body, ExtensionBody::Auth { kind: k, .. } if k == kind)
 }
 
 /// A MIP Tunnel Data message.

@@ -33,7 +33,7 @@ pub use extension::{
     AuthKind, Dialect, ExtFormat, Extension, ExtensionBody, Extensions, HaParameter, RawExtension, RawExtensions,
     UdpTunnelReply, UdpTunnelRequest,
 };
-pub use message::{Message, MessageType, MessageWriter, Reply, Request, TunnelData};
+pub use message::{Message, MessageType, MessageWriter, Registration, Reply, Request, TunnelData};
 pub use registration::{
     REPLY_HEADER_LEN, REQUEST_HEADER_LEN, RegistrationReply, RegistrationRequest, ReplyRepr, RequestFlags, RequestRepr,
 };
