@@ -12,7 +12,9 @@ pub(crate) mod macros;
 
 pub mod auth;
 pub mod binding;
+pub mod config;
 pub mod keystore;
 pub mod replay;
+pub mod roles;
 pub mod time;
 pub mod wire;
