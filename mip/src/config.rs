@@ -198,7 +198,7 @@ pub struct SaEntry {
     /// The mobile node's NAI (MN-HA SAs of nodes that may register with home address 0.0.0.0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nai: Option<String>,
-    /// An agent's address (FA-HA SAs; MN-FA SAs at a mobile node).
+    /// An agent's address (FA-HA SAs; MN-FA SAs at a mobile node), found with [`KeyStore::agent`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<Ipv4Addr>,
     /// Security Parameter Index, 256 or above.
@@ -313,7 +313,7 @@ impl Validate for KeysFile {
 
 impl KeysFile {
     /// Builds the key store: an entry with a home address is found by (home address, SPI), with an NAI by
-    /// (NAI, SPI), with a peer by (peer, SPI). Duplicates are errors.
+    /// (NAI, SPI), with a peer (an agent) by [`KeyStore::agent`]. Duplicates are errors.
     pub fn to_keystore(&self) -> Result<KeyStore, Vec<ConfigError>> {
         let mut ks = KeyStore::new();
         let mut errors = Vec::new();
@@ -326,10 +326,15 @@ impl KeysFile {
                     continue;
                 }
             };
-            for peer in [entry.home_address, entry.peer].into_iter().flatten() {
-                if let Err(e) = ks.insert_peer(peer, sa.clone()) {
-                    errors.push(ConfigError::new(at.clone(), e.to_string()));
-                }
+            if let Some(home) = entry.home_address
+                && let Err(e) = ks.insert_peer(home, sa.clone())
+            {
+                errors.push(ConfigError::new(at.clone(), e.to_string()));
+            }
+            if let Some(agent) = entry.peer
+                && let Err(e) = ks.insert_agent(agent, sa.clone())
+            {
+                errors.push(ConfigError::new(at.clone(), e.to_string()));
             }
             if let Some(nai) = &entry.nai
                 && let Err(e) = ks.insert_nai(nai, sa.clone())
@@ -364,7 +369,7 @@ mod tests {
         let ks = k.to_keystore().unwrap();
         assert!(ks.get(Ipv4Addr::new(10, 10, 1, 50), 256).is_some());
         assert!(ks.get_by_nai(b"joe@example.com", 256).is_some());
-        let fa = ks.get(Ipv4Addr::new(192, 0, 2, 1), 0x200).unwrap();
+        let fa = ks.agent(Ipv4Addr::new(192, 0, 2, 1), 0x200).unwrap();
         assert_eq!(fa.algorithm(), Algorithm::KeyedMd5PrefixSuffix);
         assert_eq!(fa.replay, ReplayStyle::Nonce);
     }

@@ -36,6 +36,7 @@ pub struct KeyStore {
     // NAI lookups borrow a `&str` without allocating.
     by_peer: HashMap<Ipv4Addr, Vec<SecurityAssociation>>,
     by_nai: HashMap<Box<str>, Vec<SecurityAssociation>>,
+    by_agent: HashMap<Ipv4Addr, Vec<SecurityAssociation>>,
 }
 
 impl KeyStore {
@@ -64,6 +65,27 @@ impl KeyStore {
         Ok(())
     }
 
+    /// Adds the SA shared with the agent at `agent` (an FA-HA SA; at a mobile node, an MN-FA SA).
+    pub fn insert_agent(&mut self, agent: Ipv4Addr, sa: SecurityAssociation) -> Result<(), KeyStoreError> {
+        let v = self.by_agent.entry(agent).or_default();
+        if v.iter().any(|s| s.spi() == sa.spi()) {
+            return Err(KeyStoreError::DuplicatePeer(agent, sa.spi()));
+        }
+        v.push(sa);
+        Ok(())
+    }
+
+    /// The SA for (agent, SPI). Reserved SPIs (0–255) never match.
+    pub fn agent(&self, agent: Ipv4Addr, spi: u32) -> Option<&SecurityAssociation> {
+        Spi::new(spi).ok()?;
+        self.by_agent.get(&agent)?.iter().find(|s| s.spi().get() == spi)
+    }
+
+    /// Every SA held with the agent at `agent`.
+    pub fn for_agent(&self, agent: Ipv4Addr) -> &[SecurityAssociation] {
+        self.by_agent.get(&agent).map(Vec::as_slice).unwrap_or(&[])
+    }
+
     /// The SA for (peer, SPI). Reserved SPIs (0–255) never match.
     pub fn get(&self, peer: Ipv4Addr, spi: u32) -> Option<&SecurityAssociation> {
         Spi::new(spi).ok()?;
@@ -89,12 +111,17 @@ impl KeyStore {
 
     /// Number of SAs held.
     pub fn len(&self) -> usize {
-        self.by_peer.values().map(Vec::len).sum::<usize>() + self.by_nai.values().map(Vec::len).sum::<usize>()
+        [&self.by_peer, &self.by_agent]
+            .iter()
+            .flat_map(|m| m.values())
+            .map(Vec::len)
+            .sum::<usize>()
+            + self.by_nai.values().map(Vec::len).sum::<usize>()
     }
 
     /// Whether no SA is held.
     pub fn is_empty(&self) -> bool {
-        self.by_peer.is_empty() && self.by_nai.is_empty()
+        self.by_peer.is_empty() && self.by_nai.is_empty() && self.by_agent.is_empty()
     }
 }
 
@@ -131,6 +158,18 @@ mod tests {
             ks.insert_peer(hoa, sa(0x100)),
             Err(KeyStoreError::DuplicatePeer(hoa, Spi::new(0x100).unwrap()))
         );
+    }
+
+    #[test]
+    fn agents_are_separate_from_mobile_nodes() {
+        let mut ks = KeyStore::new();
+        let a = Ipv4Addr::new(192, 0, 2, 1);
+        ks.insert_agent(a, sa(0x300)).unwrap();
+        assert!(ks.agent(a, 0x300).is_some());
+        assert!(ks.get(a, 0x300).is_none());
+        assert_eq!(ks.for_agent(a).len(), 1);
+        assert!(ks.for_peer(a).is_empty());
+        assert_eq!(ks.len(), 1);
     }
 
     #[test]
