@@ -12,6 +12,7 @@ use core::fmt;
 
 use hmac::{Hmac, KeyInit, Mac};
 use md5::{Digest, Md5};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -92,14 +93,15 @@ impl core::str::FromStr for Algorithm {
     }
 }
 
-/// Secret key material: wiped from memory on drop, never printed.
+/// Secret key material: wiped from memory when the last copy is dropped, never printed. Copies share one
+/// allocation, so cloning a key (or an SA) on the registration path costs no allocation.
 #[derive(Clone)]
-pub struct Key(Zeroizing<Box<[u8]>>);
+pub struct Key(Arc<Zeroizing<Box<[u8]>>>);
 
 impl Key {
     /// Wraps key bytes.
     pub fn new(bytes: &[u8]) -> Key {
-        Key(Zeroizing::new(bytes.into()))
+        Key(Arc::new(Zeroizing::new(bytes.into())))
     }
 
     /// Parses hexadecimal (whitespace ignored); `None` for odd length or non-hex digits.
