@@ -488,6 +488,8 @@ struct ReplyPlan<'r> {
     identification: u64,
     nai: Option<&'r [u8]>,
     utrp: Option<UdpTunnelReply>,
+    /// The UDP Tunnel Reply answers a foreign agent's request: FA-only, after MN-HA.
+    utrp_for_fa: bool,
     mn_sa: &'r SecurityAssociation,
     fa_sa: Option<&'r SecurityAssociation>,
     care_of_address: Ipv4Addr,
@@ -506,7 +508,8 @@ impl ReplyPlan<'_> {
             + self.fa_sa.map_or(0, |_| AUTH_EXT_LEN)
     }
 
-    /// Fixed part → NAI → UDP Tunnel Reply → MN-HA → FA-HA (RFC 5944 §3.8.3.3, spec §2.13).
+    /// Fixed part → NAI → UDP Tunnel Reply → MN-HA → (an FA's UDP Tunnel Reply) → FA-HA (RFC 5944 §3.8.3.3,
+    /// spec §2.13).
     fn write(&self, buf: &mut [u8]) -> crate::wire::Result<usize> {
         let repr = ReplyRepr {
             code: self.code,
@@ -519,10 +522,13 @@ impl ReplyPlan<'_> {
         if let Some(n) = self.nai {
             w.push(&ExtensionBody::Nai(n))?;
         }
-        if let Some(u) = self.utrp {
+        if let Some(u) = self.utrp.filter(|_| !self.utrp_for_fa) {
             w.push(&ExtensionBody::UdpTunnelReply(u))?;
         }
         w.push_auth(AuthKind::MobileHome, self.mn_sa)?;
+        if let Some(u) = self.utrp.filter(|_| self.utrp_for_fa) {
+            w.push(&ExtensionBody::UdpTunnelReply(u))?;
+        }
         if let Some(fa) = self.fa_sa {
             w.push_auth(AuthKind::ForeignHome, fa)?;
         }
@@ -719,6 +725,7 @@ impl HomeAgent {
             identification: r.identification,
             nai: nai_raw,
             utrp: None,
+            utrp_for_fa: false,
             mn_sa: sa,
             // No FA-HA on deregistrations (RFC 5944 §3.5.4).
             fa_sa: fa.sa().filter(|_| r.lifetime != 0),
@@ -929,6 +936,7 @@ impl HomeAgent {
             reply.lifetime = granted;
             reply.home_address = home_address;
             reply.utrp = decision.reply;
+            reply.utrp_for_fa = decision.reply_to_foreign_agent;
             Ok(())
         };
 

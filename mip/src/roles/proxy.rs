@@ -673,7 +673,13 @@ impl Proxy {
         if req.repr.flags.decapsulation_by_mn() {
             return Ok(None);
         }
-        let fa = *dg.src.ip();
+        // The FA is the request's IP source (RFC 5944 §3.5.4); behind a NAT that is the NAT's address, so an FA
+        // known by its care-of address is found by that instead.
+        let fa = if self.keys.for_agent(*dg.src.ip()).is_empty() {
+            req.repr.care_of_address
+        } else {
+            *dg.src.ip()
+        };
         let fa_ha: Vec<Extension<'_>> = req
             .extensions()
             .filter(|e| {
@@ -980,7 +986,11 @@ impl Proxy {
             home_agent: self.config.proxy_public,
             identification: rr.identification,
         };
-        let utrp = if code.is_accepted() { p.tunnel.reply } else { None };
+        let utrp = if code.is_accepted() {
+            p.tunnel.reply.map(|u| (u, p.tunnel.reply_to_foreign_agent))
+        } else {
+            None
+        };
         let fa_sa =
             p.fa.and_then(|(fa, spi)| self.keys.agent(fa, spi.get()))
                 .filter(|_| p.requested != 0)
@@ -1147,7 +1157,7 @@ impl Proxy {
         &self,
         repr: &ReplyRepr,
         raw_exts: &[&[u8]],
-        utrp: Option<crate::wire::UdpTunnelReply>,
+        utrp: Option<(crate::wire::UdpTunnelReply, bool)>,
         ha_parameter: Option<Ipv4Addr>,
         sa: &SecurityAssociation,
         fa_sa: Option<&SecurityAssociation>,
@@ -1159,7 +1169,7 @@ impl Proxy {
             for e in raw_exts {
                 w.push_raw(e)?;
             }
-            if let Some(u) = utrp {
+            if let Some((u, false)) = utrp {
                 w.push(&ExtensionBody::UdpTunnelReply(u))?;
             }
             if let Some(ha) = ha_parameter {
@@ -1169,6 +1179,10 @@ impl Proxy {
                 }))?;
             }
             w.push_auth(AuthKind::MobileHome, sa)?;
+            // A reply to a foreign agent's own UDP Tunnel Request is FA-only: after MN-HA, before FA-HA.
+            if let Some((u, true)) = utrp {
+                w.push(&ExtensionBody::UdpTunnelReply(u))?;
+            }
             if let Some(fa) = fa_sa {
                 w.push_auth(AuthKind::ForeignHome, fa)?;
             }
@@ -1286,6 +1300,7 @@ fn no_tunnel(coa: Ipv4Addr) -> TunnelDecision {
         },
         half_bound: false,
         reply: None,
+        reply_to_foreign_agent: false,
         nat_detected: false,
     }
 }

@@ -46,6 +46,9 @@ pub struct TunnelDecision {
     pub half_bound: bool,
     /// The UDP Tunnel Reply to put in the reply, when the request carried a UDP Tunnel Request.
     pub reply: Option<UdpTunnelReply>,
+    /// The UDP Tunnel Request was a foreign agent's (after MN-HA): its reply is FA-only and goes after MN-HA,
+    /// before FA-HA, so the FA consumes it (RFC 5944 §3.8.3.3 ordering, spec §2.13).
+    pub reply_to_foreign_agent: bool,
     /// The request's IP source differs from its care-of address: a NAT is in the path.
     pub nat_detected: bool,
 }
@@ -91,6 +94,7 @@ pub fn decide(
         },
         half_bound: false,
         reply,
+        reply_to_foreign_agent: false,
         nat_detected,
     };
 
@@ -114,6 +118,7 @@ pub fn decide(
         reserved: 0,
         keepalive: policy.keepalive,
     };
+    let by_fa = origin == UtrqOrigin::ForeignAgent;
     let udp = |reply: UdpTunnelReply, half_bound: bool| TunnelDecision {
         tunnel: TunnelEndpoint {
             addr: *src.ip(),
@@ -122,6 +127,7 @@ pub fn decide(
         },
         half_bound,
         reply: Some(reply),
+        reply_to_foreign_agent: by_fa,
         nat_detected,
     };
     if u.registered_via_fa {
@@ -138,15 +144,18 @@ pub fn decide(
         (false, true) if !policy.allow_forced => Err(ReplyCode::HaProhibited),
         (false, true) => Ok(udp(assent(true), false)),
         // No NAT, not forced: decline with code 64 and use plain IP-in-IP (RFC 3519 §4.6).
-        (false, false) => Ok(ipip(
-            false,
-            Some(UdpTunnelReply {
-                code: 64,
-                forced: false,
-                reserved: 0,
-                keepalive: 0,
-            }),
-        )),
+        (false, false) => Ok(TunnelDecision {
+            reply_to_foreign_agent: by_fa,
+            ..ipip(
+                false,
+                Some(UdpTunnelReply {
+                    code: 64,
+                    forced: false,
+                    reserved: 0,
+                    keepalive: 0,
+                }),
+            )
+        }),
     }
 }
 

@@ -1204,3 +1204,41 @@ fn config_yaml_and_validation() {
     let typo = "proxy_public: 198.51.100.10\nproxy_private: 10.10.0.10\nhome_agents: []\nnat: {travresal: true}\n";
     assert_eq!(from_yaml::<ProxyConfig>(typo).unwrap_err()[0].field, "nat.travresal");
 }
+
+/// Scenario D: an FA behind a NAT adds its own UDP Tunnel Request after MN-HA and signs FA-HA; the proxy finds
+/// the FA's SA by its care-of address, tunnels over UDP to the NAT mapping, and answers the FA's request after
+/// MN-HA so the FA consumes it.
+#[test]
+fn scenario_d_fa_behind_nat() {
+    let fa_sa = SecurityAssociation::new(
+        Spi::new(0x300).unwrap(),
+        Algorithm::HmacMd5,
+        Key::from_hex("0f0e0d0c0b0a09080706050403020100").unwrap(),
+        ReplayStyle::default(),
+    );
+    let mut p = proxy();
+    let mut buf = vec![0u8; 128];
+    let mut w = MessageWriter::request(&mut buf, &req(0x02, 600, FA, ID), &Dialect::default()).unwrap();
+    w.push_auth(AuthKind::MobileHome, &sa()).unwrap();
+    w.push(&utrq(false, 4, 0, false)).unwrap();
+    w.push_auth(AuthKind::ForeignHome, &fa_sa).unwrap();
+    let bytes = w.as_bytes().to_vec();
+    let nat_src = SocketAddrV4::new(NAT, 41000);
+    let out = register(&mut p, at(0), &bytes, nat_src, 600);
+    let t = only_send(&out);
+    assert_eq!(t.dst, nat_src);
+    let r = reply_of(t);
+    let order: Vec<u8> = r.extensions().map(|e| e.ext_type()).collect();
+    assert_eq!(order, vec![32, 44, 34], "MN-HA, the FA's UDP Tunnel Reply, FA-HA");
+    fa_sa
+        .verify(&t.payload, &r.auth(AuthKind::ForeignHome).unwrap())
+        .unwrap();
+    assert_eq!(
+        binding_of(&p, FA).tunnel,
+        TunnelEndpoint {
+            addr: NAT,
+            port: 41000,
+            encapsulation: Encapsulation::UdpIpInIp
+        }
+    );
+}
