@@ -15,6 +15,9 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "docs (broken links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked -q
+
 step "tests (unit, vectors, property, Python and tshark cross-checks)"
 cargo test --workspace --locked
 

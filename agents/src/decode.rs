@@ -13,7 +13,7 @@
 //!   * NAI (131): `nai` (lossy UTF-8) plus `nai_hex` when the bytes are not UTF-8;
 //!   * UDP Tunnel Request (144): `F`, `R`, `encapsulation`, `reserved3`;
 //!   * UDP Tunnel Reply (44): `code`, `F`, `keepalive`;
-//!   * HA Parameter (the [`Dialect`](mip::wire::Dialect) code point): `subtype`, `home_agent`, `data`;
+//!   * HA Parameter (the [`mip::wire::Dialect`] code point): `subtype`, `home_agent`, `data`;
 //!   * everything else (padding, 130, 149, unknown skippable types): `data`, the hex of the bytes after Type and
 //!     Length (empty for one-byte padding).
 

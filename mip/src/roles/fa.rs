@@ -34,7 +34,7 @@
 //!   discarded (RFC 5944 §3.7.2.1); 67 is never sent (an unauthenticated 67 would be a reflector).
 //! * A missing or invalid FA-HA in a reply when the FA shares an SA with the home agent: the pending entry is
 //!   removed and the visitor gets 68 (RFC 5944 §3.7.3.1 / code table), not a silent drop.
-//! * r/x request bits are ignored unless `strict_reserved_bits` (then 70); spec §2.2 [D].
+//! * r/x request bits are ignored unless `strict_reserved_bits` (then 70); spec §2.2 \[D\].
 //! * A co-located registration (D = 1) through this FA is relayed only when the FA advertises R or U (RFC 5944
 //!   §3.1: otherwise a co-located node MUST register directly), else 70. It is relayed unchanged (no UDP Tunnel
 //!   Request, no FA-HA: its care-of address is not one the FA advertised, RFC 5944 §3.5.4) and its visitor entry
@@ -122,13 +122,6 @@ fn default_pending_timeout_ms() -> u64 {
 fn default_rate_ms() -> u64 {
     1000
 }
-fn default_ha_parameter_type() -> u8 {
-    Dialect::default().ha_parameter_type
-}
-fn default_ha_parameter_subtype() -> u8 {
-    Dialect::default().ha_parameter_subtype
-}
-
 /// Agent Advertisement settings (RFC 5944 §2.1, §2.3; RFC 1256).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,28 +196,6 @@ pub struct DeliveryStylesConfig {
     pub encapsulating: bool,
 }
 
-/// Code point of the never-assigned HA Parameter extension (spec §2.11), so the FA parses visitors' requests the
-/// way the proxy does. Default type 255 / sub-type 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DialectConfig {
-    /// Extension type.
-    #[serde(default = "default_ha_parameter_type")]
-    pub ha_parameter_type: u8,
-    /// Extension sub-type.
-    #[serde(default = "default_ha_parameter_subtype")]
-    pub ha_parameter_subtype: u8,
-}
-
-impl Default for DialectConfig {
-    fn default() -> Self {
-        DialectConfig {
-            ha_parameter_type: default_ha_parameter_type(),
-            ha_parameter_subtype: default_ha_parameter_subtype(),
-        }
-    }
-}
-
 /// Foreign Agent configuration. Keys (MN-FA SAs by home address or NAI, FA-HA SAs by home-agent address) come
 /// from a keys file, never from here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,7 +245,7 @@ pub struct FaConfig {
     /// Home agents requests may be relayed to; empty = any (otherwise 65).
     #[serde(default)]
     pub allowed_home_agents: Vec<Prefix>,
-    /// Deny requests with the reserved r/x bits set (70) instead of ignoring them (spec §2.2 [D]).
+    /// Deny requests with the reserved r/x bits set (70) instead of ignoring them (spec §2.2 \[D\]).
     #[serde(default)]
     pub strict_reserved_bits: bool,
     /// At most one denial per visitor (by MAC) per this many milliseconds (RFC 5944 §3.7.2: 1 s).
@@ -285,7 +256,7 @@ pub struct FaConfig {
     pub solicitation_interval_ms: u64,
     /// Code point of the HA Parameter extension.
     #[serde(default)]
-    pub dialect: DialectConfig,
+    pub dialect: Dialect,
 }
 
 impl FaConfig {
@@ -310,13 +281,13 @@ impl FaConfig {
             strict_reserved_bits: false,
             denial_interval_ms: default_rate_ms(),
             solicitation_interval_ms: default_rate_ms(),
-            dialect: DialectConfig::default(),
+            dialect: Dialect::default(),
         }
     }
 
-    /// The dialect this configuration names (the default one if invalid; [`Validate`] reports that).
+    /// The HA Parameter code point visitors' requests are parsed with.
     pub fn dialect(&self) -> Dialect {
-        Dialect::new(self.dialect.ha_parameter_type, self.dialect.ha_parameter_subtype).unwrap_or_default()
+        self.dialect
     }
 }
 
@@ -413,9 +384,6 @@ impl Validate for FaConfig {
         }
         if self.visitor_max_lifetime == Some(0) {
             e.push(ConfigError::new("visitor_max_lifetime", "must be at least 1 second"));
-        }
-        if let Err(m) = Dialect::new(self.dialect.ha_parameter_type, self.dialect.ha_parameter_subtype) {
-            e.push(ConfigError::new("dialect.ha_parameter_type", m));
         }
         e
     }
@@ -2845,7 +2813,7 @@ dialect: {ha_parameter_type: 254}
         );
         assert_eq!(
             fields(&format!("{base}{coa}dialect: {{ha_parameter_type: 32}}\n")),
-            vec!["dialect.ha_parameter_type"]
+            vec!["dialect"]
         );
         // Unknown fields, in nested sections too.
         assert_eq!(fields(&format!("{base}{coa}behind_nta: true\n")), vec!["behind_nta"]);

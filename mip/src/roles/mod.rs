@@ -2,9 +2,10 @@
 //! Foreign Agent ([`fa`]) and the Mobile Node ([`mn`]).
 //!
 //! Every role has the same shape: `handle(now, input, out)`. The caller (a daemon, a simulation, a test) passes
-//! what arrived and the current time ([`Now`]); the role appends what must happen to `out` ([`Outbox`]): datagrams
-//! to send, binding changes for the data plane and replication, drops with a reason for counters. No role opens a
-//! socket, reads a clock or sleeps, so every rule is testable in microseconds and the daemons stay thin.
+//! what arrived and the current time ([`Now`]); the role appends what must happen to `out`, a `Vec` of its output
+//! enum: datagrams to send, binding changes for the data plane and replication, drops with a reason for counters.
+//! No role opens a socket, reads a clock or sleeps, so every rule is testable in microseconds and the daemons stay
+//! thin.
 //!
 //! Unauthenticated or malformed input never produces a datagram: only a [`DropReason`] (spec §8 "Avoiding an
 //! open relay").

@@ -93,33 +93,6 @@ impl Default for NatConfig {
     }
 }
 
-/// The HA Parameter extension's code point (never IANA-assigned; spec §2.11).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DialectConfig {
-    /// Extension type (default 255, RFC 4064 skippable experimental).
-    pub ha_parameter_type: u8,
-    /// Sub-type (default 1).
-    pub ha_parameter_subtype: u8,
-}
-
-impl Default for DialectConfig {
-    fn default() -> Self {
-        let d = Dialect::default();
-        DialectConfig {
-            ha_parameter_type: d.ha_parameter_type,
-            ha_parameter_subtype: d.ha_parameter_subtype,
-        }
-    }
-}
-
-impl DialectConfig {
-    /// The wire dialect (falls back to the default if invalid; `validate` reports that).
-    pub fn dialect(&self) -> Dialect {
-        Dialect::new(self.ha_parameter_type, self.ha_parameter_subtype).unwrap_or_default()
-    }
-}
-
 fn default_true() -> bool {
     true
 }
@@ -153,9 +126,9 @@ pub struct ProxyConfig {
     pub relay_port: u16,
     /// Home agents the proxy may relay to; nothing else is ever a relay target.
     pub home_agents: Vec<HomeAgentEntry>,
-    /// HA Parameter extension code point.
+    /// HA Parameter extension code point (spec §2.11; default type 255, sub-type 1).
     #[serde(default)]
-    pub dialect: DialectConfig,
+    pub dialect: Dialect,
     /// Reply codes for the cases the drafts disagree on.
     #[serde(default)]
     pub reply_codes: CodeSet,
@@ -203,7 +176,7 @@ impl ProxyConfig {
             node_address: None,
             relay_port: MIP_PORT,
             home_agents,
-            dialect: DialectConfig::default(),
+            dialect: Dialect::default(),
             reply_codes: CodeSet::default(),
             mobility_subnet_forwarding: false,
             broadcast: false,
@@ -259,9 +232,6 @@ impl Validate for ProxyConfig {
             if self.home_agents.iter().take(i).any(|o| o.address == ha.address) {
                 e.push(ConfigError::new(format!("home_agents[{i}].address"), "listed twice"));
             }
-        }
-        if let Err(msg) = Dialect::new(self.dialect.ha_parameter_type, self.dialect.ha_parameter_subtype) {
-            e.push(ConfigError::new("dialect.ha_parameter_type", msg));
         }
         if self.max_lifetime == 0 {
             e.push(ConfigError::new("max_lifetime", "must be at least 1 second"));
@@ -408,7 +378,7 @@ impl Proxy {
             keepalive: config.nat.keepalive,
         };
         Proxy {
-            dialect: config.dialect.dialect(),
+            dialect: config.dialect,
             tunnel_policy,
             config,
             keys,

@@ -274,8 +274,11 @@ impl HaParameter {
     const LEN: u8 = 6;
 }
 
-/// The code points a deployment uses for extensions that never got IANA numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The code points a deployment uses for extensions that never got IANA numbers. In configuration files it is
+/// `{ha_parameter_type: 255, ha_parameter_subtype: 1}` (both optional); an unusable code point is refused at
+/// load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "DialectFields", into = "DialectFields")]
 pub struct Dialect {
     /// Type of the HA Parameter extension (default 255, RFC 4064's skippable experimental type).
     pub ha_parameter_type: u8,
@@ -288,6 +291,36 @@ impl Default for Dialect {
         Dialect {
             ha_parameter_type: types::EXPERIMENTAL_SKIPPABLE,
             ha_parameter_subtype: 1,
+        }
+    }
+}
+
+/// [`Dialect`] as written in configuration, before its check.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct DialectFields {
+    ha_parameter_type: u8,
+    ha_parameter_subtype: u8,
+}
+
+impl Default for DialectFields {
+    fn default() -> Self {
+        Dialect::default().into()
+    }
+}
+
+impl TryFrom<DialectFields> for Dialect {
+    type Error = &'static str;
+    fn try_from(f: DialectFields) -> core::result::Result<Self, Self::Error> {
+        Dialect::new(f.ha_parameter_type, f.ha_parameter_subtype)
+    }
+}
+
+impl From<Dialect> for DialectFields {
+    fn from(d: Dialect) -> Self {
+        DialectFields {
+            ha_parameter_type: d.ha_parameter_type,
+            ha_parameter_subtype: d.ha_parameter_subtype,
         }
     }
 }

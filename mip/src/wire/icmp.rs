@@ -151,7 +151,7 @@ pub enum IcmpRepr<'a> {
     },
     /// Destination Unreachable.
     DstUnreachable {
-        /// Code (see [`unreachable`]).
+        /// Code (see [`mod@unreachable`]).
         code: u8,
         /// Next-hop MTU (code 4 only; 0 otherwise).
         next_hop_mtu: u16,

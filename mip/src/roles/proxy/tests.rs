@@ -1189,18 +1189,15 @@ fn config_yaml_and_validation() {
     assert_eq!(c.max_lifetime, 1800);
     assert_eq!(c.nat.max_lifetime, 60);
     assert_eq!(c.node_address(), PRIV);
-    let bad = "proxy_public: 198.51.100.10\nproxy_private: 198.51.100.10\nhome_agents: []\nnat: {keepalive: 5}\ndialect: {ha_parameter_type: 32}\n";
+    let bad = "proxy_public: 198.51.100.10\nproxy_private: 198.51.100.10\nhome_agents: []\nnat: {keepalive: 5}\n";
     let errs = from_yaml::<ProxyConfig>(bad).unwrap_err();
     let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
-    assert_eq!(
-        fields,
-        vec![
-            "proxy_private",
-            "home_agents",
-            "dialect.ha_parameter_type",
-            "nat.keepalive"
-        ]
-    );
+    assert_eq!(fields, vec!["proxy_private", "home_agents", "nat.keepalive"]);
+    let dialect =
+        "proxy_public: 198.51.100.10\nproxy_private: 10.10.0.10\nhome_agents: []\ndialect: {ha_parameter_type: 32}\n";
+    let errs = from_yaml::<ProxyConfig>(dialect).unwrap_err();
+    assert_eq!(errs[0].field, "dialect");
+    assert!(errs[0].message.contains("collides"), "{}", errs[0].message);
     let typo = "proxy_public: 198.51.100.10\nproxy_private: 10.10.0.10\nhome_agents: []\nnat: {travresal: true}\n";
     assert_eq!(from_yaml::<ProxyConfig>(typo).unwrap_err()[0].field, "nat.travresal");
 }
