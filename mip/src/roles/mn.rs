@@ -30,9 +30,9 @@
 //! * A node that gives up after `retransmit.max_attempts` requests reports [`MnOutput::RegistrationFailed`] with
 //!   code 78 ("registration timeout"); an FA attachment without T while reverse tunnelling is configured fails at
 //!   once with 74; a missing security association fails with 131. These codes are synthesised locally.
-//! * An [`Attachment::ForeignAgent`] whose `care_of_address` is neither the agent's own address nor one it
-//!   advertised is a co-located care-of address registered *through* that agent (RFC 5944 §3.1 R bit; RFC 3519
-//!   §4.4 R flag when the agent advertised U).
+//! * An [`Attachment::ForeignAgent`] with `co_located` set is the node's own address registered *through* the
+//!   agent (RFC 5944 §3.1 R bit; RFC 3519 §4.4 R flag when the agent advertised U); otherwise `care_of_address`
+//!   is the agent's care-of address.
 //! * Denials from an FA (codes 64–127) may arrive without MN-HA (the FA holds no MN-HA key, RFC 5944 §3.6.2.1);
 //!   they are accepted when the request went through an FA and the Identification matches.
 //! * "At home" (Attachment::Home, a co-located care-of address inside `home_networks`, or code 206) means: deregister
@@ -329,13 +329,15 @@ pub enum Attachment {
         /// The default gateway's hardware address, if known (RFC 3519 §5.1 aliasing detection).
         gateway_mac: Option<[u8; 6]>,
     },
-    /// Through a foreign agent. `care_of_address` is the FA care-of address, or (if it is neither the agent's
-    /// address nor one it advertised) the node's own co-located address registered through the agent.
+    /// Through a foreign agent: registrations go to the agent.
     ForeignAgent {
         /// The agent's address (source of its advertisements): registrations go there.
         agent: Ipv4Addr,
-        /// Care-of address.
+        /// The agent's care-of address, or with `co_located` the node's own address on the visited link.
         care_of_address: Ipv4Addr,
+        /// The node registers its own (co-located) address through the agent, which advertised R (RFC 5944
+        /// §3.1), rather than the agent's care-of address.
+        co_located: bool,
         /// The agent advertised T (RFC 3024).
         reverse_tunnel: bool,
         /// The agent advertised U (RFC 3519 §3.4).
@@ -1254,14 +1256,6 @@ impl MobileNode {
         })
     }
 
-    fn is_fa_coa(&self, agent: Ipv4Addr, coa: Ipv4Addr) -> bool {
-        coa == agent
-            || self
-                .discovery
-                .as_ref()
-                .is_some_and(|d| d.agent == agent && d.care_of_addresses.contains(&coa))
-    }
-
     fn requested_lifetime(&self, via_agent: bool) -> u16 {
         let mut l = self.config.lifetime;
         if let Some(cap) = self.lifetime_cap {
@@ -1318,10 +1312,11 @@ impl MobileNode {
             Attachment::ForeignAgent {
                 agent,
                 care_of_address,
+                co_located,
                 reverse_tunnel,
                 udp,
             } => {
-                if self.is_fa_coa(agent, care_of_address) {
+                if !co_located {
                     let src = hoa;
                     let ttl = Some(FA_REGISTRATION_TTL);
                     (
@@ -2417,10 +2412,12 @@ mod tests {
 
     // --- foreign agents ---
 
+    /// Attached through the FA: its care-of address when `coa` is the FA's, else the node's own address.
     fn fa_attach(coa: Ipv4Addr, t: bool, u: bool) -> MnInput<'static> {
         MnInput::Attached(Attachment::ForeignAgent {
             agent: FA,
             care_of_address: coa,
+            co_located: coa != FA,
             reverse_tunnel: t,
             udp: u,
         })
