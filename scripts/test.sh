@@ -21,8 +21,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked -q
 step "tests (unit, vectors, property, Python and tshark cross-checks)"
 cargo test --workspace --locked
 
-step "conformance map names real tests"
-scripts/check-conformance.sh
+step "conformance map matches the tests"
+scripts/gen-conformance.py --check
 
 step "benchmarks compile"
 cargo bench --workspace --locked --no-run
