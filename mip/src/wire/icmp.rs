@@ -180,12 +180,13 @@ pub enum IcmpRepr<'a> {
 
 impl<'a> IcmpRepr<'a> {
     /// Parses a message and verifies its checksum.
-    pub fn parse<T: AsRef<[u8]> + ?Sized>(p: &'a IcmpPacket<&'a T>) -> Result<Self> {
+    pub fn parse<T: AsRef<[u8]> + ?Sized>(p: &IcmpPacket<&'a T>) -> Result<Self> {
         p.check_len()?;
         if !p.verify_checksum() {
             return Err(Error::new(ErrorKind::BadChecksum, 2));
         }
-        let data = p.buffer.as_ref().get(HEADER_LEN..).unwrap_or(&[]);
+        let buffer: &'a T = p.buffer;
+        let data = buffer.as_ref().get(HEADER_LEN..).unwrap_or(&[]);
         Ok(match (p.msg_type(), p.code()) {
             (types::ECHO_REQUEST, 0) => IcmpRepr::EchoRequest {
                 ident: p.echo_ident(),

@@ -165,6 +165,14 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 }
 
+impl<'a, T: AsRef<[u8]> + ?Sized> Ipv4Packet<&'a T> {
+    /// The payload, bounded by Total Length, borrowed for as long as the buffer.
+    pub fn into_payload(self) -> &'a [u8] {
+        let (hl, total) = (self.header_len(), usize::from(self.total_len()));
+        self.buffer.as_ref().get(hl..total).unwrap_or(&[])
+    }
+}
+
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// Sets version 4 and the header length (bytes, multiple of 4).
     pub fn set_version_and_header_len(&mut self, header_len: usize) {
