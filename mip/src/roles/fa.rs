@@ -1037,7 +1037,10 @@ impl ForeignAgent {
                 return Err(ReplyCode::FaDeliveryStyleUnsupported);
             }
         }
-        if !co_located && !cfg.care_of_addresses.contains(&r.care_of_address) {
+        // A deregistration of all bindings names the home address as its care-of address (RFC 5944 §3.6.1.2);
+        // `on_reply` removes the visitor entry when it is accepted.
+        let deregister_all = !registering && r.care_of_address == r.home_address;
+        if !co_located && !deregister_all && !cfg.care_of_addresses.contains(&r.care_of_address) {
             return Err(ReplyCode::FaInvalidCoa);
         }
         Ok(if encapsulating {
@@ -2238,6 +2241,39 @@ mod tests {
     #[test]
     fn denial_77_care_of_address_not_offered() {
         let rrq = Rrq {
+            care_of_address: Ipv4Addr::new(192, 0, 2, 77),
+            ..Rrq::default()
+        };
+        assert_eq!(denied_with(config(), &rrq, 255), ReplyCode::FaInvalidCoa);
+    }
+
+    #[test]
+    fn deregistration_of_all_bindings_is_relayed_not_denied_77() {
+        // Simulation finding: a visitor deregistering all its bindings names its home address as the care-of
+        // address (RFC 5944 §3.6.1.2, what the reference MN sends); it used to be denied with 77, so the node could
+        // never deregister through the FA.
+        let mut fa = ForeignAgent::new(config(), keys(false, false), 1);
+        register(&mut fa, 0, ID, 600);
+        assert_eq!(fa.visitors().count(), 1);
+        let (dereg, cut) = Rrq {
+            flags: 0,
+            lifetime: 0,
+            care_of_address: HOA,
+            id: ID + 1,
+            ..Rrq::default()
+        }
+        .build();
+        let out = run(&mut fa, at(1_000), from_mobile(&dereg));
+        assert_eq!(sends(&out).len(), 1, "{out:?}");
+        assert_eq!(sends(&out)[0].payload, dereg[..cut]);
+        let (reply, _) = rrp(ReplyCode::Accepted, 0, ID + 1, &[], &[], None);
+        let out = run(&mut fa, at(1_050), from_network(&reply));
+        assert_eq!(visitor_changes(&out)[0].kind, VisitorChangeKind::Removed);
+        assert_eq!(fa.visitors().count(), 0);
+        assert_eq!(to_mobile(&out).len(), 1);
+        // Deregistering one care-of address the FA does not offer is still 77.
+        let rrq = Rrq {
+            lifetime: 0,
             care_of_address: Ipv4Addr::new(192, 0, 2, 77),
             ..Rrq::default()
         };

@@ -1150,21 +1150,27 @@ impl MobileNode {
     // --- timers ---
 
     fn poll(&mut self, now: Now, out: &mut Vec<MnOutput>) {
+        // A binding that runs out while its renewal is still due (it was granted already spent, e.g. a late reply
+        // to a nonce-style retransmission counted from the first copy, or the node slept through its renewal
+        // time) is renewed below rather than left to lapse for good; only an abandoned renewal lets it lapse.
+        let mut renew_lapsed = false;
         if let Some(b) = self.binding
             && b.expires_at <= now.instant
         {
+            renew_lapsed = b.renew_at.is_some();
             self.binding = None;
             self.keepalive = None;
             out.push(MnOutput::Deregistered);
         }
         self.drive(now, out);
-        if self.pending.is_none()
-            && matches!(self.link, Link::Up(_))
-            && !self.home_link()
-            && let Some(b) = self.binding.as_mut()
-            && b.renew_at.is_some_and(|t| t <= now.instant)
-        {
-            b.renew_at = None;
+        let renew_due = renew_lapsed
+            || self
+                .binding
+                .is_some_and(|b| b.renew_at.is_some_and(|t| t <= now.instant));
+        if self.pending.is_none() && matches!(self.link, Link::Up(_)) && !self.home_link() && renew_due {
+            if let Some(b) = self.binding.as_mut() {
+                b.renew_at = None;
+            }
             self.start(now, Purpose::Register, None, out);
         }
         self.keepalive_tick(now, out);
@@ -2283,6 +2289,32 @@ mod tests {
             ]
         );
         assert_eq!(mn.state(), MnState::Idle);
+    }
+
+    #[test]
+    fn registration_granted_already_spent_is_renewed_not_left_to_lapse() {
+        // Simulation finding: the reply to a late nonce-style retransmission counts its lifetime from the first
+        // copy (RFC 5944 §3.6.2.2), so it can arrive already spent. The node used to drop the binding on the next
+        // Tick before looking at its (equally due) renewal, and then stayed idle for good while attached.
+        let mut mn = MobileNode::new(config(), keys(ReplayStyle::Nonce), 5);
+        let mut ha = TestHa::new(ReplayStyle::Nonce);
+        let t = only_send(&run(&mut mn, at(0), colocated(COA)));
+        // The first request fetches a nonce (133), the second is retransmitted unchanged at 1.1 s and 3.1 s.
+        let rep = ha.answer(&t, at(100).ntp, ReplyCode::Accepted, 0, &[]);
+        let t = only_send(&run(&mut mn, at(100), deliver(PROXY, t.src, &rep)));
+        assert_eq!(only_send(&run(&mut mn, at(1100), MnInput::Tick)).payload, t.payload);
+        assert_eq!(only_send(&run(&mut mn, at(3100), MnInput::Tick)).payload, t.payload);
+        // Accepted for 2 s, counted from the first copy (0.1 s): spent at 2.1 s, before it arrives.
+        let rep = ha.answer(&t, at(3200).ntp, ReplyCode::Accepted, 2, &[]);
+        let out = run(&mut mn, at(3200), deliver(PROXY, t.src, &rep));
+        assert!(registered(&out).is_some());
+        assert!(mn.next_timer().unwrap() <= Instant::from_millis(3200));
+        let out = run(&mut mn, at(3200), MnInput::Tick);
+        assert!(out.contains(&MnOutput::Deregistered));
+        assert_eq!(sends(&out).len(), 1, "a new registration starts at once: {out:?}");
+        assert_eq!(mn.state(), MnState::Registering { attempt: 1 });
+        // A renewal the node gave up on still lets the binding lapse (module docs): covered by
+        // `expiry_without_renewal_reports_deregistered`.
     }
 
     // --- hand-off, NAT, keepalives ---

@@ -643,13 +643,7 @@ impl Proxy {
         if req.repr.flags.decapsulation_by_mn() {
             return Ok(None);
         }
-        // The FA is the request's IP source (RFC 5944 §3.5.4); behind a NAT that is the NAT's address, so an FA
-        // known by its care-of address is found by that instead.
-        let fa = if self.keys.for_agent(*dg.src.ip()).is_empty() {
-            req.repr.care_of_address
-        } else {
-            *dg.src.ip()
-        };
+        let fa = self.relaying_fa(dg, req);
         let fa_ha: Vec<Extension<'_>> = req
             .extensions()
             .filter(|e| {
@@ -677,6 +671,16 @@ impl Proxy {
                 Ok(Some((fa, sa.spi())))
             }
             _ => Err(FaHaError::Deny),
+        }
+    }
+
+    /// The FA that relayed a D = 0 request: its IP source (RFC 5944 §3.5.4); behind a NAT that is the NAT's
+    /// address, so an FA known by its care-of address is found by that instead.
+    fn relaying_fa(&self, dg: &Datagram<'_>, req: &Request<'_>) -> Ipv4Addr {
+        if self.keys.for_agent(*dg.src.ip()).is_empty() {
+            req.repr.care_of_address
+        } else {
+            *dg.src.ip()
         }
     }
 
@@ -907,6 +911,18 @@ impl Proxy {
             }
         }
 
+        // A registration the HA accepted after a newer one of the same node, whose replies crossed on the way back:
+        // installing it would move the binding back to an older care-of address while the node, which only takes
+        // the reply to its latest request, stays registered at the newer one. Timestamps order registrations
+        // (RFC 5944 §5.7.1); with nonces the HA accepts one request per nonce, so accepted replies cannot cross.
+        if code.is_accepted()
+            && matches!(sa.replay, ReplayStyle::Timestamp { .. })
+            && let Some(last) = self.replay.get(&p.mn).and_then(ReplayState::last_accepted)
+            && (last.wrapping_sub(p.identification) as i64) > 0
+        {
+            return Err(DropReason::IdentificationMismatch);
+        }
+
         // 4. Update state before answering.
         let mut lifetime = rr.lifetime;
         if code.is_accepted() {
@@ -1106,7 +1122,10 @@ impl Proxy {
             home_agent: self.config.proxy_public,
             identification: identification.unwrap_or(r.identification),
         };
-        let payload = self.build_reply_bytes(&repr, &[], None, ha_parameter, ctx.sa, None);
+        // An FA that shares an SA with us turns a reply without FA-HA into 68 (RFC 5944 §3.7.3.1), so our own
+        // denials carry FA-HA as relayed replies do (§3.8.3.3): else a 133 resync could never reach the node.
+        let fa_sa = self.reply_fa_sa(ctx.dg, ctx.req);
+        let payload = self.build_reply_bytes(&repr, &[], None, ha_parameter, ctx.sa, fa_sa.as_ref());
         out.push(ProxyOutput::Send(Transmit {
             src: SocketAddrV4::new(self.config.proxy_public, ctx.dg.dst.port()),
             dst: ctx.dg.src,
@@ -1121,6 +1140,23 @@ impl Proxy {
             lifetime: r.lifetime,
             nat_detected: r.flags.decapsulation_by_mn() && *ctx.dg.src.ip() != r.care_of_address,
         }));
+    }
+
+    /// The SA for the FA-HA extension of a reply the proxy makes up itself for a request an FA relayed (D = 0):
+    /// the one shared with that FA (the SPI of the request's FA-HA when it names one), never on a
+    /// deregistration (RFC 5944 §3.5.4); `None` without a shared SA.
+    fn reply_fa_sa(&self, dg: &Datagram<'_>, req: &Request<'_>) -> Option<SecurityAssociation> {
+        if req.repr.flags.decapsulation_by_mn() || req.repr.lifetime == 0 {
+            return None;
+        }
+        let fa = self.relaying_fa(dg, req);
+        let spi = req.auth(AuthKind::ForeignHome).and_then(|e| match e.body {
+            ExtensionBody::Auth { spi, .. } => Some(spi),
+            _ => None,
+        });
+        spi.and_then(|s| self.keys.agent(fa, s))
+            .or_else(|| self.keys.for_agent(fa).first())
+            .cloned()
     }
 
     fn build_reply_bytes(
@@ -1201,7 +1237,12 @@ impl Proxy {
                 home_agent: self.config.proxy_public,
                 identification: p.identification,
             };
-            let payload = self.build_reply_bytes(&repr, &[], None, None, &sa, None);
+            // FA-HA as on a relayed reply, or the FA would turn this into 68.
+            let fa_sa =
+                p.fa.and_then(|(fa, spi)| self.keys.agent(fa, spi.get()))
+                    .filter(|_| p.requested != 0)
+                    .cloned();
+            let payload = self.build_reply_bytes(&repr, &[], None, None, &sa, fa_sa.as_ref());
             out.push(ProxyOutput::Send(Transmit {
                 src: p.local,
                 dst: p.mn_src,

@@ -1126,6 +1126,133 @@ fn fa_relayed_request_needs_valid_fa_ha_and_gets_one_back() {
     assert_eq!(drops(&out), vec![DropReason::UnknownFaHaSpi]);
 }
 
+/// A request as the FA at `FA` relays it: the node's request, then FA-HA with the SA the FA shares with us.
+fn via_fa(repr: RequestRepr) -> Vec<u8> {
+    let fa_sa = SecurityAssociation::new(
+        Spi::new(0x300).unwrap(),
+        Algorithm::HmacMd5,
+        Key::from_hex("0f0e0d0c0b0a09080706050403020100").unwrap(),
+        ReplayStyle::default(),
+    );
+    let mut buf = vec![0u8; 128];
+    let mut w = MessageWriter::request(&mut buf, &repr, &Dialect::default()).unwrap();
+    w.push_auth(AuthKind::MobileHome, &sa()).unwrap();
+    if repr.lifetime != 0 {
+        w.push_auth(AuthKind::ForeignHome, &fa_sa).unwrap();
+    }
+    w.as_bytes().to_vec()
+}
+
+/// Whether `t` carries an FA-HA extension that the FA's SA verifies.
+fn fa_ha_valid(t: &Transmit) -> bool {
+    let fa_sa = keys().agent(FA, 0x300).unwrap().clone();
+    let r = Reply::parse(&t.payload, &Dialect::default()).unwrap();
+    r.auth(AuthKind::ForeignHome)
+        .is_some_and(|e| fa_sa.verify(&t.payload, &e).is_ok())
+}
+
+#[test]
+fn own_denials_to_an_fa_carry_fa_ha() {
+    // Simulation finding: an FA that shares an SA with the proxy turns a reply without FA-HA into 68 (RFC 5944
+    // §3.7.3.1). The proxy's own denials lacked FA-HA, so e.g. a 133 resync through an FA always reached the node
+    // as 68 and the node gave up.
+    let mut p = proxy();
+    let fa_src = SocketAddrV4::new(FA, 434);
+    let first = via_fa(req(0x02, 600, FA, ID));
+    let out = register(&mut p, at(0), &first, fa_src, 600);
+    assert!(fa_ha_valid(only_send(&out)));
+    // The same request again: 133 from the proxy itself, with FA-HA.
+    let out = run(&mut p, at(1), ProxyInput::FromMobile(from_mn(&first, fa_src)));
+    let t = only_send(&out);
+    assert_eq!(reply_of(t).repr.code, ReplyCode::IdentificationMismatch);
+    assert!(fa_ha_valid(t), "133 without FA-HA");
+    // A T-bit denial (138) likewise.
+    let out = run(
+        &mut p,
+        at(1),
+        ProxyInput::FromMobile(from_mn(&via_fa(req(0x00, 600, FA, ID + (2 << 32))), fa_src)),
+    );
+    let t = only_send(&out);
+    assert_eq!(reply_of(t).repr.code, ReplyCode::HaReverseTunnelMandatory);
+    assert!(fa_ha_valid(t));
+    // An ICMP error on the relay (81).
+    run(
+        &mut p,
+        at(2),
+        ProxyInput::FromMobile(from_mn(&via_fa(req(0x02, 600, FA, ID + (3 << 32))), fa_src)),
+    );
+    let out = run(
+        &mut p,
+        at(2),
+        ProxyInput::HomeAgentUnreachable {
+            home_agent: HA,
+            icmp_code: 1,
+        },
+    );
+    let t = only_send(&out);
+    assert_eq!(reply_of(t).repr.code, ReplyCode::FaHaHostUnreachable);
+    assert!(fa_ha_valid(t));
+    // Never on a deregistration (RFC 5944 §3.5.4): a replayed one is answered 133 without FA-HA.
+    let dereg = via_fa(req(0x00, 0, HOA, ID));
+    let out = run(&mut p, at(3), ProxyInput::FromMobile(from_mn(&dereg, fa_src)));
+    let t = only_send(&out);
+    assert_eq!(reply_of(t).repr.code, ReplyCode::IdentificationMismatch);
+    assert!(reply_of(t).auth(AuthKind::ForeignHome).is_none());
+    // A co-located node's own request (D = 1) gets none either.
+    let out = run(&mut p, at(3), ProxyInput::FromMobile(from_mn(&h(V1), mn_src())));
+    assert!(reply_of(only_send(&out)).auth(AuthKind::ForeignHome).is_none());
+}
+
+#[test]
+fn crossed_ha_replies_do_not_move_the_binding_back() {
+    // Simulation finding: the node moves while a registration is in flight; the HA accepts the old request, then
+    // the new one, and their replies cross on the way back. The late reply to the old request used to move the
+    // proxy's binding back to the old care-of address while the node stayed registered at the new one.
+    let mut p = proxy();
+    let new_coa = Ipv4Addr::new(192, 0, 2, 99);
+    let old = request(req(0x22, 600, PUBLIC_COA, ID), &[], &[]);
+    let new = request(req(0x22, 600, new_coa, ID + (1 << 32) + 1), &[], &[]);
+    let out = run(&mut p, at(1), ProxyInput::FromMobile(from_mn(&old, mn_src())));
+    let relayed_old = only_send(&out).clone();
+    let new_src = SocketAddrV4::new(new_coa, 434);
+    let out = run(&mut p, at(1), ProxyInput::FromMobile(from_mn(&new, new_src)));
+    let relayed_new = only_send(&out).clone();
+    // The HA accepted both, in order; the replies arrive newest first.
+    let out = run(
+        &mut p,
+        at(1),
+        ProxyInput::FromHomeAgent(from_ha(&ha_reply(&relayed_new, 0, 600, &[]))),
+    );
+    assert_eq!(only_send(&out).dst, new_src);
+    let out = run(
+        &mut p,
+        at(1),
+        ProxyInput::FromHomeAgent(from_ha(&ha_reply(&relayed_old, 0, 600, &[]))),
+    );
+    assert_eq!(out, vec![ProxyOutput::Drop(DropReason::IdentificationMismatch)]);
+    assert_eq!(p.pending_count(), 0);
+    let e = p.bindings().get_by_home(HOA).unwrap();
+    assert_eq!(e.bindings().len(), 1);
+    assert_eq!(e.bindings()[0].care_of_address, new_coa);
+    // In order, both are installed as before.
+    let mut p = proxy();
+    let out = run(&mut p, at(1), ProxyInput::FromMobile(from_mn(&old, mn_src())));
+    let relayed_old = only_send(&out).clone();
+    let out = run(&mut p, at(1), ProxyInput::FromMobile(from_mn(&new, new_src)));
+    let relayed_new = only_send(&out).clone();
+    run(
+        &mut p,
+        at(1),
+        ProxyInput::FromHomeAgent(from_ha(&ha_reply(&relayed_old, 0, 600, &[]))),
+    );
+    run(
+        &mut p,
+        at(1),
+        ProxyInput::FromHomeAgent(from_ha(&ha_reply(&relayed_new, 0, 600, &[]))),
+    );
+    assert_eq!(binding_of(&p, new_coa).identification, ID + (1 << 32) + 1);
+}
+
 #[test]
 fn s_bit_without_support_answers_code_1() {
     let mut c = config();
