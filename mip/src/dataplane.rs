@@ -23,7 +23,7 @@ use crate::wire::udp::{self, UdpRepr};
 
 /// IKE ports allowed through the tunnel toward a VPN gateway (RFC 7296 §2.23).
 const IKE_PORTS: [u16; 2] = [500, 4500];
-/// RFC 2003 §3.1: "an appropriate" outer TTL [G].
+/// RFC 2003 §3.1: "an appropriate" outer TTL \[G\].
 pub const DEFAULT_OUTER_TTL: u8 = 64;
 /// Bytes of the original packet an ICMP error quotes when we build one (RFC 792: header + 8 bytes; we quote what
 /// RFC 1812 §4.3.2.3 allows within 576 bytes).
