@@ -1,7 +1,8 @@
 //! `mipctl`: command-line parsing (clap) and the commands, kept out of `main` so tests can drive them.
 //!
-//! Exit status: [`EXIT_OK`] (0); [`EXIT_MALFORMED`] (1) when a message is malformed; [`EXIT_USAGE`] (2) for
-//! usage errors, bad hex and unreadable capture files.
+//! Exit status: [`EXIT_OK`] (0); [`EXIT_MALFORMED`] (1) when a message is malformed or a registration is denied;
+//! [`EXIT_USAGE`] (2) for usage errors, bad hex, unreadable capture or configuration files;
+//! [`EXIT_UNREACHABLE`] (3) when no reply came.
 
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_MALFORMED: u8 = 1;
 /// Usage error, bad hex input or unreadable capture file.
 pub const EXIT_USAGE: u8 = 2;
+/// No answer: `register` got no authenticated reply, `bindings` could not reach the admin address.
+pub const EXIT_UNREACHABLE: u8 = 3;
 
 /// Mobile IPv4 operator tool.
 #[derive(Debug, Parser)]
@@ -34,6 +37,41 @@ pub struct Cli {
 pub enum Command {
     /// Decode one Mobile IP message (UDP payload, hex) or every port-434 message in a capture, as JSON lines.
     Decode(DecodeArgs),
+    /// Send one authenticated registration (as the node in --config would) and print the outcome as JSON.
+    Register(RegisterArgs),
+    /// Print the bindings a daemon holds, from its admin address.
+    Bindings(BindingsArgs),
+}
+
+/// Arguments of `mipctl register`.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// The mobile node configuration (the file mip-mn reads: home address, home agent = the proxy, SPI, …).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The keys file holding the node's MN-HA security association.
+    #[arg(long, value_name = "FILE")]
+    pub keys: PathBuf,
+    /// Care-of address to register (default: the local address the routing table uses toward the home agent).
+    #[arg(long, value_name = "ADDR")]
+    pub care_of: Option<std::net::Ipv4Addr>,
+    /// Requested lifetime in seconds (default: the configuration's).
+    #[arg(long, value_name = "SECS")]
+    pub lifetime: Option<u16>,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub timeout: u64,
+    /// Deregister again once the registration is accepted (leave no binding behind).
+    #[arg(long)]
+    pub deregister: bool,
+}
+
+/// Arguments of `mipctl bindings`.
+#[derive(Debug, Args)]
+pub struct BindingsArgs {
+    /// The daemon's admin address (host:port).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: std::net::SocketAddr,
 }
 
 /// Authentication algorithm names on the command line.
@@ -198,6 +236,16 @@ pub fn run(cli: Cli) -> u8 {
 pub fn run_with(cli: Cli, stdin: &mut dyn Read, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let result = match cli.command {
         Command::Decode(args) => decode(args, stdin, out),
+        Command::Register(args) => register(&args, out),
+        Command::Bindings(args) => {
+            crate::register::admin_get(args.admin, "/bindings", std::time::Duration::from_secs(5))
+                .map_err(Failure::unreachable)
+                .and_then(|body| {
+                    writeln!(out, "{}", body.trim_end())
+                        .map_err(|e| Failure::output(&e))
+                        .map(|()| EXIT_OK)
+                })
+        }
     };
     match result {
         Ok(code) => code,
@@ -232,6 +280,37 @@ impl Failure {
     fn output(e: &io::Error) -> Self {
         Failure::malformed(format!("writing output: {e}"))
     }
+    fn unreachable(message: String) -> Self {
+        Failure {
+            code: EXIT_UNREACHABLE,
+            message,
+        }
+    }
+}
+
+/// `mipctl register`: exit 0 when accepted, 1 when denied, 3 when no reply came.
+fn register(args: &RegisterArgs, out: &mut dyn Write) -> Result<u8, Failure> {
+    use crate::register::{RegisterOptions, RegisterResult, load_node, register};
+    let (config, keys) = load_node(&args.config, &args.keys).map_err(Failure::usage)?;
+    let opts = RegisterOptions {
+        config,
+        care_of: args.care_of,
+        lifetime: args.lifetime,
+        timeout: std::time::Duration::from_secs(args.timeout),
+        deregister: args.deregister,
+    };
+    let (report, code) = match register(&opts, keys).map_err(Failure::unreachable)? {
+        RegisterResult::Accepted(v) => (v, EXIT_OK),
+        RegisterResult::Denied(v) => (v, EXIT_MALFORMED),
+        RegisterResult::Timeout => {
+            return Err(Failure::unreachable(format!(
+                "no authenticated reply within {} s",
+                args.timeout
+            )));
+        }
+    };
+    writeln!(out, "{report}").map_err(|e| Failure::output(&e))?;
+    Ok(code)
 }
 
 fn decode(args: DecodeArgs, stdin: &mut dyn Read, out: &mut dyn Write) -> Result<u8, Failure> {

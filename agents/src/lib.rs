@@ -4,3 +4,4 @@
 pub mod cli;
 pub mod decode;
 pub mod pcap;
+pub mod register;
