@@ -46,12 +46,13 @@ pub enum Command {
 /// Arguments of `mipctl register`.
 #[derive(Debug, Args)]
 pub struct RegisterArgs {
-    /// The mobile node configuration (the file mip-mn reads: home address, home agent = the proxy, SPI, …).
+    /// The mobile node configuration (the file `mip-mn --config` reads: home address, home agent = the proxy,
+    /// SPI, …).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
-    /// The keys file holding the node's MN-HA security association.
+    /// The keys file holding the node's MN-HA security association (default: the config's daemon.keys_file).
     #[arg(long, value_name = "FILE")]
-    pub keys: PathBuf,
+    pub keys: Option<PathBuf>,
     /// Care-of address to register (default: the local address the routing table uses toward the home agent).
     #[arg(long, value_name = "ADDR")]
     pub care_of: Option<std::net::Ipv4Addr>,
@@ -291,7 +292,7 @@ impl Failure {
 /// `mipctl register`: exit 0 when accepted, 1 when denied, 3 when no reply came.
 fn register(args: &RegisterArgs, out: &mut dyn Write) -> Result<u8, Failure> {
     use crate::register::{RegisterOptions, RegisterResult, load_node, register};
-    let (config, keys) = load_node(&args.config, &args.keys).map_err(Failure::usage)?;
+    let (config, keys) = load_node(&args.config, args.keys.as_deref()).map_err(Failure::usage)?;
     let opts = RegisterOptions {
         config,
         care_of: args.care_of,

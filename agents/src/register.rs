@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
 use mip::config::{KeysFile, from_yaml, render_errors};
+use mip::daemon::MnFile;
 use mip::roles::mn::{Attachment, MnConfig, MnInput, MnOutput, MnTunnel, MobileNode};
 use mip::roles::{Datagram, Now};
 use mip::time::{Instant, NtpTimestamp};
@@ -47,15 +48,17 @@ pub struct RegisterOptions {
     pub deregister: bool,
 }
 
-/// Loads the node configuration and keys from files (the same files `mip-mn` reads).
-pub fn load_node(config: &Path, keys: &Path) -> Result<(MnConfig, mip::keystore::KeyStore), String> {
-    let cfg: MnConfig = load(config)?;
-    // `load` already validated the keys file by building the store once; build the one we keep.
-    let file: KeysFile = load(keys)?;
-    let store = file
+/// Loads the node configuration (the file `mip-mn --config` reads) and its keys: `keys` if given, else the
+/// file's `daemon.keys_file`.
+pub fn load_node(config: &Path, keys: Option<&Path>) -> Result<(MnConfig, mip::keystore::KeyStore), String> {
+    let file: MnFile = load(config)?;
+    let keys_path = keys.map(Path::to_path_buf).unwrap_or(file.daemon.keys_file);
+    // `load` validated the keys file by building the store once; build the one we keep.
+    let keys_file: KeysFile = load(&keys_path)?;
+    let store = keys_file
         .to_keystore()
-        .map_err(|e| render_errors(&keys.display().to_string(), &e))?;
-    Ok((cfg, store))
+        .map_err(|e| render_errors(&keys_path.display().to_string(), &e))?;
+    Ok((file.mn, store))
 }
 
 /// Sends one registration and waits for the outcome.

@@ -60,17 +60,20 @@ fn spawn_ha(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
     })
 }
 
-fn files(key: &str) -> (tempdir::Dir, String, String) {
-    let dir = tempdir::Dir::new("register");
-    let cfg = dir.write(
-        "mn.yaml",
-        &format!("home_address: 10.10.1.50\nhome_agent: {HA}\nspi: 256\nlifetime: 60\n"),
-    );
+fn files(key: &str) -> (tempdir::Dir, String) {
+    let dir = tempdir::Dir::new(&format!("register-{}", &key[..4]));
     let keys = dir.write(
         "keys.yaml",
         &format!("security_associations:\n  - {{home_address: 10.10.1.50, spi: 256, key: {key}}}\n"),
     );
-    (dir, cfg, keys)
+    let cfg = dir.write(
+        "mn.yaml",
+        &format!(
+            "mn: {{home_address: 10.10.1.50, home_agent: {HA}, spi: 256, lifetime: 60}}\n\
+             dataplane: {{tunnelled: [198.51.100.20/32]}}\ndaemon: {{keys_file: {keys}}}\n"
+        ),
+    );
+    (dir, cfg)
 }
 
 mod tempdir {
@@ -109,17 +112,9 @@ fn register_then_deregister_against_a_home_agent_and_bad_key_times_out() {
     let stop = Arc::new(AtomicBool::new(false));
     let ha = spawn_ha(stop.clone());
 
-    let (_dir, cfg, keys) = files(KEY);
-    let (code, out, err) = mipctl(&[
-        "register",
-        "--config",
-        &cfg,
-        "--keys",
-        &keys,
-        "--care-of",
-        "127.0.0.1",
-        "--deregister",
-    ]);
+    // The keys come from the config's daemon.keys_file.
+    let (_dir, cfg) = files(KEY);
+    let (code, out, err) = mipctl(&["register", "--config", &cfg, "--care-of", "127.0.0.1", "--deregister"]);
     assert_eq!(code, 0, "stdout {out} stderr {err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["result"], "accepted");
@@ -130,13 +125,11 @@ fn register_then_deregister_against_a_home_agent_and_bad_key_times_out() {
     assert!(v["rtt_ms"].as_f64().unwrap() < 1000.0);
 
     // A wrong key: the HA drops the request silently, so the tool reports no reply (exit 3).
-    let (_dir2, cfg2, keys2) = files("0f0e0d0c0b0a09080706050403020100");
+    let (_dir2, cfg2) = files("0f0e0d0c0b0a09080706050403020100");
     let (code, out, err) = mipctl(&[
         "register",
         "--config",
         &cfg2,
-        "--keys",
-        &keys2,
         "--care-of",
         "127.0.0.1",
         "--timeout",
@@ -156,8 +149,11 @@ fn register_then_deregister_against_a_home_agent_and_bad_key_times_out() {
 #[test]
 fn register_reports_bad_files() {
     let dir = tempdir::Dir::new("badfiles");
-    let cfg = dir.write("mn.yaml", "home_address: 10.10.1.50\nhome_agent: 127.0.0.3\nspi: 12\n");
     let keys = dir.write("keys.yaml", "security_associations: []\n");
+    let cfg = dir.write(
+        "mn.yaml",
+        "mn: {home_address: 10.10.1.50, home_agent: 127.0.0.3, spi: 12}\ndataplane: {tunnelled: []}\ndaemon: {keys_file: /k}\n",
+    );
     let (code, _, err) = mipctl(&["register", "--config", &cfg, "--keys", &keys]);
     assert_eq!(code, 2);
     assert!(err.contains("mn.yaml") && err.contains("spi"), "{err}");

@@ -13,6 +13,7 @@ pub(crate) mod macros;
 pub mod auth;
 pub mod binding;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod keystore;
 pub mod replay;

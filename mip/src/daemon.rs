@@ -1,0 +1,365 @@
+//! The configuration files the daemons read (`mip-proxy`, `mip-ha`, `mip-fa`, `mip-mn`): the role's own
+//! configuration, the data-plane settings of the daemon around it, and the settings every daemon shares. The
+//! operator renders the same types into ConfigMaps, so a file works the same standalone and in Kubernetes.
+//!
+//! ```yaml
+//! proxy:      { ... }   # roles::proxy::ProxyConfig
+//! dataplane:  { ... }   # ProxyDataPlane
+//! daemon:     { keys_file: /etc/mip/keys.yaml, admin: 0.0.0.0:9434, log_format: json }
+//! ```
+
+use core::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, Validate};
+use crate::roles::fa::FaConfig;
+use crate::roles::ha::HaConfig;
+use crate::roles::mn::MnConfig;
+use crate::roles::proxy::ProxyConfig;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object per line (for log collectors), the default.
+    #[default]
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9434))
+}
+
+/// Settings every daemon shares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSettings {
+    /// The keys file (security associations); reloaded on SIGHUP or when it changes, without losing state.
+    pub keys_file: PathBuf,
+    /// Admin HTTP address: `/healthz`, `/readyz`, `/metrics`, `/bindings`. Default 127.0.0.1:9434.
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    /// Log format.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+impl Validate for DaemonSettings {
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut e = Vec::new();
+        if self.keys_file.as_os_str().is_empty() {
+            e.push(ConfigError::new("keys_file", "must name the keys file"));
+        }
+        if self.admin.port() == 0 {
+            e.push(ConfigError::new("admin", "needs a port"));
+        }
+        e
+    }
+}
+
+/// Where the proxy sits relative to the VPN gateway (ARCHITECTURE.md "Entities").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentMode {
+    /// Beside the VPN gateway on the same link; packets are handed over by layer 2.
+    #[default]
+    TwoBox,
+    /// On the VPN gateway's host; the hand-off to IPsec is local.
+    OneBox,
+}
+
+fn default_proxy_tun() -> String {
+    "mipp0".into()
+}
+fn default_proxy_ha_tun() -> String {
+    "mipp1".into()
+}
+fn default_mtu() -> u16 {
+    1500
+}
+fn default_outer_ttl() -> u8 {
+    crate::dataplane::DEFAULT_OUTER_TTL
+}
+fn default_ha_path_table() -> u32 {
+    100
+}
+
+/// The proxy daemon's data plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyDataPlane {
+    /// two_box (default) or one_box.
+    #[serde(default)]
+    pub mode: DeploymentMode,
+    /// The VPN gateways' public addresses: the only inner destinations a tunnel may carry, and the only sources of
+    /// packets tunnelled to nodes (spec §8).
+    pub vpn_gateways: Vec<Ipv4Addr>,
+    /// two_box: the VPN gateway's private address, next hop for packets home agents tunnel to `proxy_private`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpn_gateway_private: Option<Ipv4Addr>,
+    /// TUN carrying packets to and from the VPN gateway's public side (home networks route into it).
+    #[serde(default = "default_proxy_tun")]
+    pub tun: String,
+    /// TUN injecting packets from home-agent tunnels toward the VPN gateway's private side.
+    #[serde(default = "default_proxy_ha_tun")]
+    pub ha_tun: String,
+    /// MTU of the TUN devices.
+    #[serde(default = "default_mtu")]
+    pub tun_mtu: u16,
+    /// MTU of the path toward mobile nodes (outer packets), before PMTU discovery lowers it.
+    #[serde(default = "default_mtu")]
+    pub path_mtu: u16,
+    /// TTL of outer headers.
+    #[serde(default = "default_outer_ttl")]
+    pub outer_ttl: u8,
+    /// Routing table for packets from home-agent tunnels (two_box).
+    #[serde(default = "default_ha_path_table")]
+    pub ha_path_table: u32,
+}
+
+/// `mip-proxy --config FILE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFile {
+    /// The relay.
+    pub proxy: ProxyConfig,
+    /// The data plane.
+    pub dataplane: ProxyDataPlane,
+    /// Keys, admin, logs.
+    pub daemon: DaemonSettings,
+}
+
+impl Validate for ProxyFile {
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut e: Vec<ConfigError> = self.proxy.validate().into_iter().map(|x| x.within("proxy")).collect();
+        let d = &self.dataplane;
+        if d.vpn_gateways.is_empty() {
+            e.push(ConfigError::new(
+                "dataplane.vpn_gateways",
+                "at least one VPN gateway is required",
+            ));
+        }
+        if d.mode == DeploymentMode::TwoBox && d.vpn_gateway_private.is_none() {
+            e.push(ConfigError::new(
+                "dataplane.vpn_gateway_private",
+                "required in two_box mode (next hop for packets from home agents)",
+            ));
+        }
+        e.extend(tun_errors("dataplane.tun", &d.tun));
+        e.extend(tun_errors("dataplane.ha_tun", &d.ha_tun));
+        if d.tun == d.ha_tun {
+            e.push(ConfigError::new("dataplane.ha_tun", "must differ from dataplane.tun"));
+        }
+        e.extend(mtu_errors("dataplane.tun_mtu", d.tun_mtu));
+        e.extend(mtu_errors("dataplane.path_mtu", d.path_mtu));
+        if d.outer_ttl == 0 {
+            e.push(ConfigError::new("dataplane.outer_ttl", "must be at least 1"));
+        }
+        e.extend(self.daemon.validate().into_iter().map(|x| x.within("daemon")));
+        e
+    }
+}
+
+impl ProxyFile {
+    /// The data-plane configuration of [`crate::dataplane`].
+    pub fn dataplane_config(&self) -> crate::dataplane::DataPlaneConfig {
+        crate::dataplane::DataPlaneConfig {
+            proxy_public: self.proxy.proxy_public,
+            proxy_private: self.proxy.proxy_private,
+            vpn_gateways: self.dataplane.vpn_gateways.clone(),
+            home_agents: self.proxy.home_agents.iter().map(|h| h.address).collect(),
+            outer_ttl: self.dataplane.outer_ttl,
+            path_mtu: self.dataplane.path_mtu,
+        }
+    }
+}
+
+fn tun_errors(field: &str, name: &str) -> Vec<ConfigError> {
+    // IFNAMSIZ is 16 including the terminating zero.
+    if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+        vec![ConfigError::new(
+            field,
+            "an interface name of 1-15 characters without '/' or spaces",
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
+fn mtu_errors(field: &str, mtu: u16) -> Vec<ConfigError> {
+    // 576: the IPv4 minimum every host must accept (RFC 791); above 9000 is not a path we expect.
+    if (576..=9000).contains(&mtu) {
+        Vec::new()
+    } else {
+        vec![ConfigError::new(field, "must be 576-9000")]
+    }
+}
+
+fn default_ha_tun() -> String {
+    "miph0".into()
+}
+
+/// The home agent daemon's data plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaDataPlane {
+    /// TUN that bound home addresses are routed into (then tunnelled to their care-of address).
+    #[serde(default = "default_ha_tun")]
+    pub tun: String,
+    /// MTU of the TUN.
+    #[serde(default = "default_mtu")]
+    pub tun_mtu: u16,
+    /// TTL of outer headers.
+    #[serde(default = "default_outer_ttl")]
+    pub outer_ttl: u8,
+    /// Interface of the home link: the HA answers ARP there for bound home addresses (proxy ARP, RFC 5944
+    /// §4.6). None: home addresses are reached by routing only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_link: Option<String>,
+}
+
+/// `mip-ha --config FILE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaFile {
+    /// The home agent.
+    pub ha: HaConfig,
+    /// The data plane.
+    #[serde(default = "HaDataPlane::default")]
+    pub dataplane: HaDataPlane,
+    /// Keys, admin, logs.
+    pub daemon: DaemonSettings,
+}
+
+impl Default for HaDataPlane {
+    fn default() -> Self {
+        HaDataPlane {
+            tun: default_ha_tun(),
+            tun_mtu: default_mtu(),
+            outer_ttl: default_outer_ttl(),
+            home_link: None,
+        }
+    }
+}
+
+impl Validate for HaFile {
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut e: Vec<ConfigError> = self.ha.validate().into_iter().map(|x| x.within("ha")).collect();
+        e.extend(tun_errors("dataplane.tun", &self.dataplane.tun));
+        e.extend(mtu_errors("dataplane.tun_mtu", self.dataplane.tun_mtu));
+        if let Some(l) = &self.dataplane.home_link {
+            e.extend(tun_errors("dataplane.home_link", l));
+        }
+        e.extend(self.daemon.validate().into_iter().map(|x| x.within("daemon")));
+        e
+    }
+}
+
+fn default_mn_tun() -> String {
+    "mip0".into()
+}
+fn default_mn_mtu() -> u16 {
+    1468
+}
+
+/// The mobile node daemon's data plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MnDataPlane {
+    /// TUN holding the home address; traffic to `tunnelled` goes into it.
+    #[serde(default = "default_mn_tun")]
+    pub tun: String,
+    /// MTU of the TUN: leave room for IPv4 + UDP + Tunnel Data (32 bytes) under the access link's MTU.
+    #[serde(default = "default_mn_mtu")]
+    pub tun_mtu: u16,
+    /// Destinations reached through the Mobile IP tunnel (the VPN gateway's public address).
+    pub tunnelled: Vec<crate::config::Prefix>,
+    /// TTL of outer headers.
+    #[serde(default = "default_outer_ttl")]
+    pub outer_ttl: u8,
+}
+
+/// `mip-mn --config FILE`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MnFile {
+    /// The mobile node.
+    pub mn: MnConfig,
+    /// The data plane.
+    pub dataplane: MnDataPlane,
+    /// Keys, admin, logs.
+    pub daemon: DaemonSettings,
+}
+
+impl Validate for MnFile {
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut e: Vec<ConfigError> = self.mn.validate().into_iter().map(|x| x.within("mn")).collect();
+        e.extend(tun_errors("dataplane.tun", &self.dataplane.tun));
+        e.extend(mtu_errors("dataplane.tun_mtu", self.dataplane.tun_mtu));
+        if self.dataplane.tunnelled.is_empty() {
+            e.push(ConfigError::new(
+                "dataplane.tunnelled",
+                "name at least the VPN gateway's address",
+            ));
+        }
+        e.extend(self.daemon.validate().into_iter().map(|x| x.within("daemon")));
+        e
+    }
+}
+
+fn default_fa_tun() -> String {
+    "mipf0".into()
+}
+fn default_fa_table() -> u32 {
+    200
+}
+
+/// The foreign agent daemon's data plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaDataPlane {
+    /// Interface on the visited link (advertisements, visitors).
+    pub visited_interface: String,
+    /// TUN that visitors' packets are policy-routed into for reverse tunnelling (RFC 3024 direct delivery).
+    #[serde(default = "default_fa_tun")]
+    pub tun: String,
+    /// MTU of the TUN.
+    #[serde(default = "default_mtu")]
+    pub tun_mtu: u16,
+    /// Routing table of the reverse-tunnel policy rules.
+    #[serde(default = "default_fa_table")]
+    pub table: u32,
+    /// TTL of outer headers.
+    #[serde(default = "default_outer_ttl")]
+    pub outer_ttl: u8,
+}
+
+/// `mip-fa --config FILE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaFile {
+    /// The foreign agent.
+    pub fa: FaConfig,
+    /// The data plane.
+    pub dataplane: FaDataPlane,
+    /// Keys, admin, logs.
+    pub daemon: DaemonSettings,
+}
+
+impl Validate for FaFile {
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut e: Vec<ConfigError> = self.fa.validate().into_iter().map(|x| x.within("fa")).collect();
+        e.extend(tun_errors(
+            "dataplane.visited_interface",
+            &self.dataplane.visited_interface,
+        ));
+        e.extend(tun_errors("dataplane.tun", &self.dataplane.tun));
+        e.extend(mtu_errors("dataplane.tun_mtu", self.dataplane.tun_mtu));
+        e.extend(self.daemon.validate().into_iter().map(|x| x.within("daemon")));
+        e
+    }
+}
