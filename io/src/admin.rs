@@ -1,0 +1,517 @@
+//! The admin HTTP server: `GET /healthz`, `/readyz`, `/metrics`, `/bindings` on its own thread (a current-thread
+//! tokio runtime running axum over hyper), so the daemons' event loops stay synchronous.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 `ok` while the process lives |
+//! | `GET /readyz` | 200 `ready` / 503 `not ready` from [`AdminState::ready`] |
+//! | `GET /metrics` | [`AdminState::metrics`] as `text/plain; version=0.0.4; charset=utf-8` |
+//! | `GET /bindings` | [`AdminState::bindings_json`] as `application/json` |
+//! | other paths | 404; other methods on these paths: 405 |
+//!
+//! Limits: request bodies are never read; request heads above 16 KiB are refused (431); a head must arrive within
+//! 10 s (idle keep-alive connections close after 10 s); a connection lives at most 60 s; at most 64 connections are
+//! served at once; state calls run on at most 2 blocking threads so a slow [`AdminState`] cannot pile up threads.
+//!
+//! [`Requests`] lets an [`AdminState`] ask the daemon's single-threaded event loop for data it owns (the binding
+//! cache) through a bounded channel and a [`mio::Waker`], waiting at most 2 s, instead of sharing locks with the
+//! data path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::metrics::CONTENT_TYPE;
+
+/// Largest request head accepted (hyper's minimum read buffer is 8 KiB).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Connections served at once; further ones wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time allowed for a request head to arrive.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections are closed (after the request in progress) once this old, so idle keep-alive clients cannot hold
+/// the connection slots.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+/// How long [`Requests::ask`] waits for the event loop by default.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the admin server asks the daemon. Called on the admin thread's blocking pool, never on the event loop.
+pub trait AdminState: Send + Sync + 'static {
+    /// Whether the daemon is ready for traffic (`/readyz`).
+    fn ready(&self) -> bool;
+    /// The Prometheus exposition (`/metrics`), e.g. [`crate::metrics::Registry::render`].
+    fn metrics(&self) -> String;
+    /// The bindings as a JSON document (`/bindings`).
+    fn bindings_json(&self) -> String;
+}
+
+/// A running admin server; [`shutdown`](Self::shutdown) or drop stops it.
+#[derive(Debug)]
+pub struct AdminServer {
+    local: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+type SharedState = Arc<dyn AdminState>;
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn blocking<T: Send + 'static>(state: SharedState, f: fn(&dyn AdminState) -> T) -> Option<T> {
+    tokio::task::spawn_blocking(move || f(state.as_ref())).await.ok()
+}
+
+async fn readyz(State(state): State<SharedState>) -> Response {
+    match blocking(state, |s| s.ready()).await {
+        Some(true) => (StatusCode::OK, "ready\n").into_response(),
+        Some(false) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response(),
+        None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn metrics(State(state): State<SharedState>) -> Response {
+    match blocking(state, |s| s.metrics()).await {
+        Some(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn bindings(State(state): State<SharedState>) -> Response {
+    match blocking(state, |s| s.bindings_json()).await {
+        Some(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn not_found() -> (StatusCode, &'static str) {
+    (StatusCode::NOT_FOUND, "not found\n")
+}
+
+fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/bindings", get(bindings))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn serve(listener: std::net::TcpListener, app: Router, mut stop: oneshot::Receiver<()>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin server cannot use its listener");
+            return;
+        }
+    };
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stop => return,
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let stream = tokio::select! {
+            _ = &mut stop => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .keep_alive(true);
+            // Errors here are the client's (garbage, timeouts, resets): nothing to do but close.
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+                    // A client trickling requests cannot keep a slot forever: finish the current request, close.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(HEAD_TIMEOUT, conn).await;
+                }
+            }
+        });
+    }
+}
+
+impl AdminServer {
+    /// Binds `addr` (port 0 picks a free port, see [`local_addr`](Self::local_addr)) and serves on a new thread.
+    pub fn spawn(addr: SocketAddr, state: Arc<dyn AdminState>) -> std::io::Result<AdminServer> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let local = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(2)
+            .thread_name("mip-admin-blocking")
+            .build()?;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let app = router(state);
+        let thread = std::thread::Builder::new().name("mip-admin".into()).spawn(move || {
+            runtime.block_on(serve(listener, app, stop_rx));
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        })?;
+        Ok(AdminServer {
+            local,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Stops accepting, drops open connections and joins the thread.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+// === requests to the event loop ===
+
+/// Why [`Requests::ask`] got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The queue is full (the event loop is behind).
+    #[error("the event loop has too many pending requests")]
+    Busy,
+    /// The event loop is gone.
+    #[error("the event loop is gone")]
+    Closed,
+    /// No answer within the timeout.
+    #[error("the event loop did not answer in time")]
+    Timeout,
+}
+
+/// One request waiting in the event loop's [`RequestQueue`].
+#[derive(Debug)]
+pub struct Request<T, Q = ()> {
+    query: Q,
+    reply: SyncSender<T>,
+}
+
+impl<T, Q> Request<T, Q> {
+    /// What is asked.
+    pub fn query(&self) -> &Q {
+        &self.query
+    }
+
+    /// Answers (a requester that gave up is ignored).
+    pub fn respond(self, value: T) {
+        let _ = self.reply.try_send(value);
+    }
+}
+
+/// The asking side: held by an [`AdminState`], cloned freely. `T` is the answer, `Q` the question (often `()`).
+#[derive(Debug)]
+pub struct Requests<T, Q = ()> {
+    tx: SyncSender<Request<T, Q>>,
+    waker: Arc<mio::Waker>,
+    timeout: Duration,
+}
+
+impl<T, Q> Clone for Requests<T, Q> {
+    fn clone(&self) -> Self {
+        Requests {
+            tx: self.tx.clone(),
+            waker: Arc::clone(&self.waker),
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The event loop's side: drain it when the waker's token fires.
+#[derive(Debug)]
+pub struct RequestQueue<T, Q = ()> {
+    rx: Receiver<Request<T, Q>>,
+}
+
+impl<T, Q> Requests<T, Q> {
+    /// A channel of `capacity` pending requests; `waker` (registered with the event loop's `Poll` under a token
+    /// of its choosing) is woken on every request.
+    pub fn new(waker: Arc<mio::Waker>, capacity: usize) -> (Requests<T, Q>, RequestQueue<T, Q>) {
+        let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+        (
+            Requests {
+                tx,
+                waker,
+                timeout: REQUEST_TIMEOUT,
+            },
+            RequestQueue { rx },
+        )
+    }
+
+    /// The same channel with another answer timeout.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Asks and waits for the answer (at most the timeout, 2 s by default). Blocks: call it from the admin
+    /// thread's [`AdminState`] methods, never from the event loop itself.
+    pub fn ask_with(&self, query: Q) -> Result<T, RequestError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        match self.tx.try_send(Request { query, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(RequestError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(RequestError::Closed),
+        }
+        if self.waker.wake().is_err() {
+            return Err(RequestError::Closed);
+        }
+        match answer.recv_timeout(self.timeout) {
+            Ok(v) => Ok(v),
+            Err(RecvTimeoutError::Timeout) => Err(RequestError::Timeout),
+            Err(RecvTimeoutError::Disconnected) => Err(RequestError::Closed),
+        }
+    }
+}
+
+impl<T> Requests<T, ()> {
+    /// Asks for the answer to the only question there is.
+    pub fn ask(&self) -> Result<T, RequestError> {
+        self.ask_with(())
+    }
+}
+
+impl<T, Q> RequestQueue<T, Q> {
+    /// The next pending request, if any (never blocks).
+    pub fn try_next(&self) -> Option<Request<T, Q>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Answers every pending request with `answer(query)`; returns how many were answered.
+    pub fn serve(&self, mut answer: impl FnMut(&Q) -> T) -> usize {
+        let mut n = 0;
+        while let Some(r) = self.try_next() {
+            let v = answer(&r.query);
+            r.respond(v);
+            n += 1;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    struct TestState {
+        ready: AtomicBool,
+        registry: crate::metrics::Registry,
+    }
+
+    impl AdminState for TestState {
+        fn ready(&self) -> bool {
+            self.ready.load(Ordering::SeqCst)
+        }
+        fn metrics(&self) -> String {
+            self.registry.render()
+        }
+        fn bindings_json(&self) -> String {
+            r#"[{"home_address":"10.10.1.50"}]"#.to_string()
+        }
+    }
+
+    fn start() -> (AdminServer, Arc<TestState>) {
+        let registry = crate::metrics::Registry::new();
+        registry
+            .counter("mip_test_total", "A test counter.", &[])
+            .unwrap()
+            .add(7);
+        let state = Arc::new(TestState {
+            ready: AtomicBool::new(false),
+            registry,
+        });
+        let server = AdminServer::spawn("127.0.0.1:0".parse().unwrap(), state.clone()).unwrap();
+        (server, state)
+    }
+
+    /// Sends raw bytes, returns (status, headers, body) of the answer, or `None` if the server closed without one.
+    fn raw(addr: SocketAddr, request: &[u8]) -> Option<(u16, String, String)> {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(request);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some((status, head.to_ascii_lowercase(), body.to_string()))
+    }
+
+    fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+        raw(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn routes() {
+        let (server, state) = start();
+        let a = server.local_addr();
+        let (status, _, body) = get(a, "/healthz");
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        let (status, _, body) = get(a, "/readyz");
+        assert_eq!((status, body.as_str()), (503, "not ready\n"));
+        state.ready.store(true, Ordering::SeqCst);
+        assert_eq!(get(a, "/readyz").0, 200);
+        let (status, head, body) = get(a, "/metrics");
+        assert_eq!(status, 200);
+        assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+        let samples = crate::metrics::tests::validate_exposition(&body);
+        assert_eq!(samples["mip_test_total"], 7.0);
+        let (status, head, body) = get(a, "/bindings");
+        assert_eq!(status, 200);
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert_eq!(body, r#"[{"home_address":"10.10.1.50"}]"#);
+        assert_eq!(get(a, "/nope").0, 404);
+        assert_eq!(get(a, "/").0, 404);
+        assert_eq!(get(a, "/metrics/extra").0, 404);
+        // A body is ignored; a wrong method is 405.
+        let post = b"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+        assert_eq!(raw(a, post).unwrap().0, 405);
+        // HEAD works like GET without a body.
+        let head = raw(a, b"HEAD /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+        assert_eq!((head.0, head.2.as_str()), (200, ""));
+        // Keep-alive: two requests on one connection.
+        let two =
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        let mut s = TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(two).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+        server.shutdown();
+        assert!(TcpStream::connect(a).is_err(), "stopped");
+    }
+
+    #[test]
+    fn garbage_does_not_crash_it() {
+        let (server, _state) = start();
+        let a = server.local_addr();
+        let mut junk: Vec<Vec<u8>> = vec![
+            b"\x00\x01\x02\xff\xfe\r\n\r\n".to_vec(),
+            b"GET\r\n\r\n".to_vec(),
+            b"GET /healthz HTTP/9.9\r\n\r\n".to_vec(),
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n".to_vec(),
+            b"GET /healthz HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+            b"\r\n\r\n\r\n".to_vec(),
+            vec![b'A'; 100_000],
+        ];
+        let mut big = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: ".to_vec();
+        big.extend(vec![b'x'; 40_000]);
+        big.extend(b"\r\n\r\n");
+        junk.push(big);
+        for (i, j) in junk.iter().enumerate() {
+            if let Some((status, _, _)) = raw(a, j) {
+                assert!((400..500).contains(&status) || status == 200, "case {i}: {status}");
+            }
+        }
+        // Half a request, then hang up.
+        let mut s = TcpStream::connect(a).unwrap();
+        s.write_all(b"GET /heal").unwrap();
+        drop(s);
+        assert_eq!(get(a, "/healthz").0, 200, "still serving");
+    }
+
+    #[test]
+    fn requests_reach_the_event_loop_and_time_out() {
+        let mut poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(9)).unwrap());
+        let (req, queue) = Requests::<String, u32>::new(waker, 4);
+        let req2 = req.clone();
+        let looper = std::thread::spawn(move || {
+            let mut events = mio::Events::with_capacity(8);
+            let mut served = 0;
+            // Answer exactly two requests (`serve` would also pick up the third if it raced in).
+            while served < 2 {
+                poll.poll(&mut events, Some(Duration::from_secs(5))).unwrap();
+                while served < 2
+                    && let Some(r) = queue.try_next()
+                {
+                    let answer = format!("snapshot {}", r.query());
+                    r.respond(answer);
+                    served += 1;
+                }
+            }
+            // Keep the queue open but never answer again.
+            std::thread::sleep(Duration::from_millis(300));
+            drop(queue);
+        });
+        assert_eq!(req.ask_with(1).unwrap(), "snapshot 1");
+        assert_eq!(req2.ask_with(2).unwrap(), "snapshot 2");
+        let slow = req.clone().with_timeout(Duration::from_millis(50));
+        assert_eq!(slow.ask_with(3), Err(RequestError::Timeout));
+        looper.join().unwrap();
+        assert_eq!(req.ask_with(4), Err(RequestError::Closed));
+    }
+
+    #[test]
+    fn serve_drains_and_a_full_queue_is_busy() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(1)).unwrap());
+        let (req, queue) = Requests::<u32>::new(waker, 1);
+        let req = req.with_timeout(Duration::from_millis(20));
+        assert_eq!(req.ask(), Err(RequestError::Timeout), "nobody answers");
+        assert_eq!(
+            req.ask(),
+            Err(RequestError::Busy),
+            "the unanswered request still fills the queue"
+        );
+        assert_eq!(queue.serve(|()| 5), 1, "late answers are dropped quietly");
+        assert_eq!(queue.serve(|()| 5), 0);
+    }
+}

@@ -1,0 +1,197 @@
+//! The process skeleton every daemon shares: one single-threaded `mio` event loop that owns the role state
+//! machine and the data plane (no locks on the packet path), plus the admin HTTP server on its own thread.
+//!
+//! [`run`] loads the keys, builds the [`Service`], starts the admin server, then loops: wait for readiness or the
+//! service's next timer (at most [`MAX_WAIT`], so a changed keys file is noticed within a second), hand ready
+//! tokens to the service, answer admin requests, reload keys on SIGHUP or change (state kept), and stop on
+//! SIGTERM: `/readyz` turns false first, then the service's [`Service::shutdown`] runs, then the process exits.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mio::{Events, Interest, Poll, Registry as MioRegistry, Token, Waker};
+
+use mip::keystore::KeyStore;
+use mip::roles::Now;
+use mip::time::Instant;
+
+use crate::admin::{AdminServer, AdminState, RequestQueue, Requests};
+use crate::clock::Clock;
+use crate::keys::KeysWatcher;
+use crate::metrics::{Counter, Gauge, Registry};
+use crate::signals::Signals;
+
+/// Longest the loop sleeps without an event: keys file changes are noticed this fast.
+pub const MAX_WAIT: Duration = Duration::from_secs(1);
+/// Tokens below this belong to the skeleton; services number theirs from here.
+pub const FIRST_SERVICE_TOKEN: usize = 16;
+const SIGNAL_TOKEN: Token = Token(0);
+const WAKER_TOKEN: Token = Token(1);
+
+/// What a daemon plugs into the shared loop.
+pub trait Service {
+    /// Registers the service's file descriptors (tokens ≥ [`FIRST_SERVICE_TOKEN`]).
+    fn register(&mut self, registry: &MioRegistry) -> io::Result<()>;
+    /// A registered descriptor is readable. Drain it (edge-triggered).
+    fn ready(&mut self, token: Token, now: Now);
+    /// Called after every batch of events and whenever [`next_timer`](Self::next_timer) is due.
+    fn tick(&mut self, now: Now);
+    /// When `tick` must run next (None: only on events).
+    fn next_timer(&mut self) -> Option<Instant>;
+    /// The keys file changed: replace the security associations, keep every other state.
+    fn set_keys(&mut self, keys: KeyStore);
+    /// The state `/bindings` shows, as JSON.
+    fn bindings_json(&self) -> String;
+    /// SIGTERM: undo what the service installed (routes, rules, addresses). The process exits afterwards.
+    fn shutdown(&mut self);
+}
+
+/// What [`run`] hands to the service constructor.
+#[derive(Debug)]
+pub struct Context {
+    /// The daemon's metrics registry (rendered on `/metrics`).
+    pub metrics: Arc<Registry>,
+    /// The clock every component shares.
+    pub clock: Clock,
+    /// Keys loaded at start.
+    pub keys: KeyStore,
+}
+
+struct Admin {
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Registry>,
+    bindings: Requests<String>,
+}
+
+impl AdminState for Admin {
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+    fn metrics(&self) -> String {
+        self.metrics.render()
+    }
+    fn bindings_json(&self) -> String {
+        self.bindings
+            .ask()
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
+    }
+}
+
+/// Daemon-level counters.
+struct Stats {
+    key_reloads_ok: Counter,
+    key_reloads_failed: Counter,
+    up: Gauge,
+}
+
+impl Stats {
+    fn new(r: &Registry) -> Result<Stats, String> {
+        let reload = |result| {
+            r.counter(
+                "mip_key_reloads_total",
+                "Keys file reloads by result.",
+                &[("result", result)],
+            )
+            .map_err(|e| e.to_string())
+        };
+        Ok(Stats {
+            key_reloads_ok: reload("ok")?,
+            key_reloads_failed: reload("error")?,
+            up: r
+                .gauge("mip_up", "1 while the daemon runs.", &[])
+                .map_err(|e| e.to_string())?,
+        })
+    }
+}
+
+/// Runs a daemon until SIGTERM. `build` creates the service once the keys are loaded. Returns an error message
+/// for start-up failures (the caller prints it and exits non-zero).
+pub fn run<S: Service>(
+    keys_file: &Path,
+    admin: SocketAddr,
+    build: impl FnOnce(&Context) -> Result<S, String>,
+) -> Result<(), String> {
+    let mut watcher = KeysWatcher::new(keys_file);
+    let keys = watcher.load()?;
+    let metrics = Arc::new(Registry::new());
+    let stats = Stats::new(&metrics)?;
+    let clock = Clock::new();
+    let ctx = Context {
+        metrics: Arc::clone(&metrics),
+        clock,
+        keys,
+    };
+    let mut service = build(&ctx)?;
+
+    let mut poll = Poll::new().map_err(|e| format!("event loop: {e}"))?;
+    let mut signals = Signals::install().map_err(|e| format!("signal handlers: {e}"))?;
+    poll.registry()
+        .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
+        .map_err(|e| format!("event loop: {e}"))?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN).map_err(|e| format!("event loop: {e}"))?);
+    let (bindings, queue): (Requests<String>, RequestQueue<String>) = Requests::new(waker, 16);
+    service
+        .register(poll.registry())
+        .map_err(|e| format!("registering sockets: {e}"))?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(Admin {
+        ready: Arc::clone(&ready),
+        metrics: Arc::clone(&metrics),
+        bindings,
+    });
+    let server = AdminServer::spawn(admin, state).map_err(|e| format!("admin server on {admin}: {e}"))?;
+    tracing::info!(admin = %server.local_addr(), keys = %keys_file.display(), "started");
+    stats.up.set(1);
+    ready.store(true, Ordering::Relaxed);
+
+    let mut events = Events::with_capacity(256);
+    loop {
+        let wait = clock.timeout(service.next_timer(), MAX_WAIT);
+        if let Err(e) = poll.poll(&mut events, Some(wait))
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            return Err(format!("event loop: {e}"));
+        }
+        let now = clock.now();
+        for ev in events.iter() {
+            match ev.token() {
+                SIGNAL_TOKEN => signals.drain(),
+                WAKER_TOKEN => {
+                    queue.serve(|()| service.bindings_json());
+                }
+                t => service.ready(t, now),
+            }
+        }
+        if signals.terminate_requested() {
+            break;
+        }
+        if signals.take_hangup() {
+            watcher.request_reload();
+        }
+        match watcher.poll() {
+            Some(Ok(k)) => {
+                service.set_keys(k);
+                stats.key_reloads_ok.inc();
+                tracing::info!(keys = %keys_file.display(), "keys reloaded");
+            }
+            Some(Err(e)) => {
+                // Keep the old keys: a half-written file must not take the service down.
+                stats.key_reloads_failed.inc();
+                tracing::error!(error = %e, "keys reload failed; keeping the previous keys");
+            }
+            None => {}
+        }
+        service.tick(clock.now());
+    }
+    tracing::info!("terminating");
+    ready.store(false, Ordering::Relaxed);
+    service.shutdown();
+    stats.up.set(0);
+    server.shutdown();
+    Ok(())
+}
