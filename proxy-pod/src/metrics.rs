@@ -1,0 +1,380 @@
+//! The proxy's Prometheus series. Every series is registered at start-up (so it shows as 0 before the first
+//! event); the packet path updates them with one relaxed atomic operation each and never takes the registry lock.
+//!
+//! | name | labels | what |
+//! |---|---|---|
+//! | `mip_registrations_total` | `role="proxy"`, `code` | replies sent to mobile nodes, by reply code |
+//! | `mip_drops_total` | `path="control"`, `reason` | control-plane inputs dropped ([`DropReason`] labels) |
+//! | `mip_drops_total` | `path="data"`, `reason` | data-plane packets dropped ([`DataDrop`] labels) |
+//! | `mip_relay_latency_seconds` | | relayed request → matching home agent reply |
+//! | `mip_bindings` | | bindings in the cache |
+//! | `mip_pending_requests` | | relayed requests waiting for a home agent |
+//! | `mip_tunnel_packets_total`, `mip_tunnel_bytes_total` | `direction="up"\|"down"`, `encapsulation="ipip"\|"udp"` | packets (inner bytes) through the tunnels toward mobile nodes |
+//! | `mip_ha_tunnel_packets_total`, `mip_ha_tunnel_bytes_total` | | packets (inner bytes) out of home-agent tunnels |
+//! | `mip_keepalives_total` | | RFC 3519 keepalives answered or completing a half-bound tunnel |
+//! | `mip_tunnel_mtu_bytes` | `encapsulation` | largest inner packet per encapsulation at the configured path MTU |
+//! | `mip_icmp_relayed_total` | | ICMP errors about our tunnels relayed to the original sender (RFC 2003 §4) |
+//! | `mip_icmp_generated_total` | | ICMP errors the proxy generated itself (time exceeded, fragmentation needed) |
+//! | `mip_send_errors_total` | `socket` | datagrams or packets the kernel refused to send |
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mip::binding::Encapsulation;
+use mip::dataplane::{DataDrop, DataPlane};
+use mip::roles::DropReason;
+use mip::wire::{ErrorKind, ReplyCode};
+use mip_io::metrics::{Counter, DropCounters, Gauge, Histogram, LATENCY_BUCKETS, MetricsError, Registry};
+
+const REGISTRATIONS: &str = "Registration replies sent to mobile nodes, by reply code.";
+const DROPS: &str = "Inputs dropped, by path and reason.";
+const PACKETS: &str = "Packets through the tunnels toward mobile nodes.";
+const BYTES: &str = "Inner packet bytes through the tunnels toward mobile nodes.";
+const SEND_ERRORS: &str = "Datagrams or packets the kernel refused to send, by socket.";
+
+/// Every control-plane drop reason the proxy can report, so each series exists from the start.
+const CONTROL_DROPS: &[DropReason] = &[
+    DropReason::Malformed(ErrorKind::Truncated),
+    DropReason::Malformed(ErrorKind::WrongType(0)),
+    DropReason::Malformed(ErrorKind::ExtensionTruncated(0)),
+    DropReason::Malformed(ErrorKind::ExtensionLength(0, 0)),
+    DropReason::Malformed(ErrorKind::UnknownNonSkippable(0)),
+    DropReason::Malformed(ErrorKind::BadChecksum),
+    DropReason::Malformed(ErrorKind::BadVersion),
+    DropReason::Malformed(ErrorKind::BadHeaderLength),
+    DropReason::Malformed(ErrorKind::BadLength),
+    DropReason::Malformed(ErrorKind::BadValue),
+    DropReason::Malformed(ErrorKind::BufferTooSmall),
+    DropReason::UnexpectedMessage,
+    DropReason::NoAuthExtension,
+    DropReason::NoSecurityAssociation,
+    DropReason::NoIdentity,
+    DropReason::BadAuthenticator,
+    DropReason::UnknownFaHaSpi,
+    DropReason::BadReplyAuthentication,
+    DropReason::NoPendingRequest,
+    DropReason::IdentificationMismatch,
+    DropReason::UnknownHomeAgent,
+    DropReason::PendingTimeout,
+    DropReason::PendingFull,
+    DropReason::BindingRefused,
+    DropReason::UnexpectedKeepalive,
+    DropReason::StaleIcmpError,
+    DropReason::RateLimited,
+];
+
+/// Reply codes registered at start: acceptance and every code the proxy itself generates or relays often.
+const REPLY_CODES: &[ReplyCode] = &[
+    ReplyCode::Accepted,
+    ReplyCode::AcceptedNoSimultaneous,
+    ReplyCode::FaHomeNetworkUnreachable,
+    ReplyCode::FaHaHostUnreachable,
+    ReplyCode::FaHaPortUnreachable,
+    ReplyCode::FaHaUnreachable,
+    ReplyCode::HaUnspecified,
+    ReplyCode::HaProhibited,
+    ReplyCode::HaInsufficientResources,
+    ReplyCode::HaMnAuthFailed,
+    ReplyCode::HaFaAuthFailed,
+    ReplyCode::IdentificationMismatch,
+    ReplyCode::HaPoorlyFormedRequest,
+    ReplyCode::HaTooManyBindings,
+    ReplyCode::UnknownHomeAgent,
+    ReplyCode::HaReverseTunnelMandatory,
+    ReplyCode::HaEncapUnavailable,
+];
+
+/// Which tunnel a packet used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tunnel {
+    /// IP in IP (RFC 2003).
+    Ipip,
+    /// RFC 3519 UDP tunnel.
+    Udp,
+}
+
+/// Packet and byte counters of one direction and encapsulation.
+#[derive(Debug, Clone)]
+pub struct Traffic {
+    packets: Counter,
+    bytes: Counter,
+}
+
+impl Traffic {
+    fn new(r: &Registry, direction: &'static str, encapsulation: &'static str) -> Result<Traffic, MetricsError> {
+        let labels = [("direction", direction), ("encapsulation", encapsulation)];
+        Ok(Traffic {
+            packets: r.counter("mip_tunnel_packets_total", PACKETS, &labels)?,
+            bytes: r.counter("mip_tunnel_bytes_total", BYTES, &labels)?,
+        })
+    }
+
+    /// Counts one packet of `len` inner bytes.
+    #[inline]
+    pub fn count(&self, len: usize) {
+        self.packets.inc();
+        self.bytes.add(len as u64);
+    }
+}
+
+/// Send failures per socket.
+#[derive(Debug, Clone)]
+pub struct SendErrors {
+    /// UDP 434 at `proxy_public`.
+    pub public: Counter,
+    /// The relay socket (`node_address:relay_port`).
+    pub relay: Counter,
+    /// The raw IP_HDRINCL sender.
+    pub raw: Counter,
+    /// Writes to the TUN toward the VPN gateway.
+    pub tun: Counter,
+    /// Writes to the TUN of home-agent tunnels.
+    pub ha_tun: Counter,
+}
+
+/// Every series the proxy exports (besides the skeleton's `mip_up` and `mip_key_reloads_total`).
+#[derive(Debug)]
+pub struct ProxyMetrics {
+    registry: Arc<Registry>,
+    registrations: HashMap<u8, Counter>,
+    control_drops: DropCounters,
+    /// Data-plane drops, one series per [`DataDrop`].
+    pub data_drops: DropCounters,
+    /// Relayed request → home agent reply.
+    pub relay_latency: Histogram,
+    /// Bindings in the cache.
+    pub bindings: Gauge,
+    /// Relayed requests waiting for a home agent.
+    pub pending: Gauge,
+    /// Uplink IP-in-IP.
+    pub up_ipip: Traffic,
+    /// Uplink UDP tunnel.
+    pub up_udp: Traffic,
+    /// Downlink IP-in-IP.
+    pub down_ipip: Traffic,
+    /// Downlink UDP tunnel.
+    pub down_udp: Traffic,
+    /// Packets out of home-agent tunnels toward the VPN gateway.
+    pub ha_packets: Counter,
+    /// Their inner bytes.
+    pub ha_bytes: Counter,
+    /// Keepalives answered (or completing a half-bound tunnel).
+    pub keepalives: Counter,
+    /// ICMP errors relayed.
+    pub icmp_relayed: Counter,
+    /// ICMP errors generated.
+    pub icmp_generated: Counter,
+    /// Send failures.
+    pub send_errors: SendErrors,
+}
+
+impl ProxyMetrics {
+    /// Registers every series in `registry`; the MTU gauges are set from `dataplane` at its configured path MTU.
+    pub fn new(registry: Arc<Registry>, dataplane: &DataPlane) -> Result<ProxyMetrics, MetricsError> {
+        let r = &*registry;
+        let mut registrations = HashMap::new();
+        for code in REPLY_CODES {
+            let c = u8::from(*code);
+            registrations.insert(c, registration_counter(r, c)?);
+        }
+        let control: Vec<&'static str> = CONTROL_DROPS.iter().map(|d| d.as_str()).collect();
+        let data: Vec<&'static str> = DataDrop::ALL.iter().map(|d| d.as_str()).collect();
+        let control_drops =
+            r.drop_counters_with("mip_drops_total", DROPS, &[("path", "control")], "reason", &control)?;
+        let data_drops = r.drop_counters_with("mip_drops_total", DROPS, &[("path", "data")], "reason", &data)?;
+        let mtu_help = "Largest inner packet a tunnel carries without fragmentation at the configured path MTU.";
+        let unspecified = core::net::Ipv4Addr::UNSPECIFIED;
+        for (label, enc) in [("ipip", Encapsulation::IpInIp), ("udp", Encapsulation::UdpIpInIp)] {
+            let g = r.gauge("mip_tunnel_mtu_bytes", mtu_help, &[("encapsulation", label)])?;
+            g.set(i64::from(dataplane.tunnel_mtu(unspecified, enc)));
+        }
+        let send = |socket: &'static str| r.counter("mip_send_errors_total", SEND_ERRORS, &[("socket", socket)]);
+        let metrics = ProxyMetrics {
+            registrations,
+            control_drops,
+            data_drops,
+            relay_latency: r.histogram(
+                "mip_relay_latency_seconds",
+                "Time from relaying a registration request to the home agent's reply.",
+                &[],
+                LATENCY_BUCKETS,
+            )?,
+            bindings: r.gauge("mip_bindings", "Bindings in the proxy's cache.", &[])?,
+            pending: r.gauge(
+                "mip_pending_requests",
+                "Relayed requests waiting for a home agent.",
+                &[],
+            )?,
+            up_ipip: Traffic::new(r, "up", "ipip")?,
+            up_udp: Traffic::new(r, "up", "udp")?,
+            down_ipip: Traffic::new(r, "down", "ipip")?,
+            down_udp: Traffic::new(r, "down", "udp")?,
+            ha_packets: r.counter(
+                "mip_ha_tunnel_packets_total",
+                "Packets out of home-agent tunnels handed to the VPN gateway.",
+                &[],
+            )?,
+            ha_bytes: r.counter(
+                "mip_ha_tunnel_bytes_total",
+                "Inner packet bytes out of home-agent tunnels handed to the VPN gateway.",
+                &[],
+            )?,
+            keepalives: r.counter(
+                "mip_keepalives_total",
+                "RFC 3519 keepalives answered or completing a half-bound tunnel.",
+                &[],
+            )?,
+            icmp_relayed: r.counter(
+                "mip_icmp_relayed_total",
+                "ICMP errors about tunnelled packets relayed to the original sender.",
+                &[],
+            )?,
+            icmp_generated: r.counter(
+                "mip_icmp_generated_total",
+                "ICMP errors generated by the proxy (time exceeded, fragmentation needed).",
+                &[],
+            )?,
+            send_errors: SendErrors {
+                public: send("public")?,
+                relay: send("relay")?,
+                raw: send("raw")?,
+                tun: send("tun")?,
+                ha_tun: send("ha_tun")?,
+            },
+            registry,
+        };
+        Ok(metrics)
+    }
+
+    /// Counts a reply sent to a mobile node.
+    pub fn registration(&mut self, code: ReplyCode) {
+        let c = u8::from(code);
+        if let Some(counter) = self.registrations.get(&c) {
+            counter.inc();
+            return;
+        }
+        // A code not registered up front (relayed from a home agent): registered now, on the control path.
+        match registration_counter(&self.registry, c) {
+            Ok(counter) => {
+                counter.inc();
+                self.registrations.insert(c, counter);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot register a registration counter"),
+        }
+    }
+
+    /// Counts a control-plane drop.
+    pub fn control_drop(&self, reason: DropReason) {
+        let label = reason.as_str();
+        if self.control_drops.inc(label) {
+            return;
+        }
+        // A reason added to `mip` after this list was written: registered on first use.
+        match self
+            .registry
+            .counter("mip_drops_total", DROPS, &[("path", "control"), ("reason", label)])
+        {
+            Ok(c) => c.inc(),
+            Err(e) => tracing::warn!(error = %e, "cannot register a drop counter"),
+        }
+    }
+
+    /// Counts a data-plane drop.
+    #[inline]
+    pub fn data_drop(&self, reason: DataDrop) {
+        self.data_drops.inc(reason.as_str());
+    }
+
+    /// The traffic counters of one direction and tunnel.
+    #[inline]
+    pub fn traffic(&self, up: bool, tunnel: Tunnel) -> &Traffic {
+        match (up, tunnel) {
+            (true, Tunnel::Ipip) => &self.up_ipip,
+            (true, Tunnel::Udp) => &self.up_udp,
+            (false, Tunnel::Ipip) => &self.down_ipip,
+            (false, Tunnel::Udp) => &self.down_udp,
+        }
+    }
+}
+
+fn registration_counter(r: &Registry, code: u8) -> Result<Counter, MetricsError> {
+    let code = code.to_string();
+    r.counter(
+        "mip_registrations_total",
+        REGISTRATIONS,
+        &[("role", "proxy"), ("code", code.as_str())],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use mip::dataplane::DataPlaneConfig;
+
+    fn metrics() -> (Arc<Registry>, ProxyMetrics) {
+        let registry = Arc::new(Registry::new());
+        let dp = DataPlane::new(DataPlaneConfig {
+            proxy_public: "198.51.100.10".parse().unwrap(),
+            proxy_private: "10.10.0.10".parse().unwrap(),
+            vpn_gateways: vec!["198.51.100.20".parse().unwrap()],
+            home_agents: vec!["10.10.1.1".parse().unwrap()],
+            outer_ttl: 64,
+            path_mtu: 1500,
+        });
+        let m = ProxyMetrics::new(Arc::clone(&registry), &dp).unwrap();
+        (registry, m)
+    }
+
+    #[test]
+    fn every_series_is_registered_at_zero() {
+        let (registry, _m) = metrics();
+        let text = registry.render();
+        for line in [
+            "mip_registrations_total{role=\"proxy\",code=\"0\"} 0",
+            "mip_drops_total{path=\"control\",reason=\"truncated\"} 0",
+            "mip_drops_total{path=\"control\",reason=\"bad_authenticator\"} 0",
+            "mip_drops_total{path=\"data\",reason=\"not_bound\"} 0",
+            "mip_drops_total{path=\"data\",reason=\"no_room\"} 0",
+            "mip_relay_latency_seconds_count 0",
+            "mip_bindings 0",
+            "mip_pending_requests 0",
+            "mip_tunnel_packets_total{direction=\"up\",encapsulation=\"udp\"} 0",
+            "mip_tunnel_bytes_total{direction=\"down\",encapsulation=\"ipip\"} 0",
+            "mip_keepalives_total 0",
+            "mip_tunnel_mtu_bytes{encapsulation=\"ipip\"} 1480",
+            "mip_tunnel_mtu_bytes{encapsulation=\"udp\"} 1468",
+            "mip_icmp_relayed_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_codes_and_reasons_are_registered_on_first_use() {
+        let (registry, mut m) = metrics();
+        m.registration(ReplyCode::Unknown(250));
+        m.registration(ReplyCode::Unknown(250));
+        m.registration(ReplyCode::Accepted);
+        m.control_drop(DropReason::Malformed(ErrorKind::WrongType(9)));
+        m.data_drop(DataDrop::NotBound);
+        let text = registry.render();
+        assert!(
+            text.contains("mip_registrations_total{role=\"proxy\",code=\"250\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mip_registrations_total{role=\"proxy\",code=\"0\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mip_drops_total{path=\"control\",reason=\"wrong_type\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mip_drops_total{path=\"data\",reason=\"not_bound\"} 1"),
+            "{text}"
+        );
+    }
+}
