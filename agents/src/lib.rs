@@ -3,5 +3,9 @@
 
 pub mod cli;
 pub mod decode;
+pub mod fa_daemon;
+pub mod ha_daemon;
+pub mod mn_daemon;
 pub mod pcap;
 pub mod register;
+pub mod tunnel_io;
