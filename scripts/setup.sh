@@ -4,9 +4,17 @@
 set -euo pipefail
 
 need_apt=()
+# has_pkg PKG: true when dpkg has PKG fully installed (for packages that ship no command of their own).
+has_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 command -v tshark >/dev/null 2>&1 || need_apt+=(tshark)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
+# The namespace lab (e2e/, docs/lab.md): strongSwan with kernel-libipsec as VPN client and gateway,
+# nftables masquerade as NAT, captures, and the probe/transfer helpers.
+for pkg in strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins \
+           nftables iproute2 tcpdump socat netcat-openbsd iputils-ping; do
+  has_pkg "$pkg" || need_apt+=("$pkg")
+done
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"

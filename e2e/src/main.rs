@@ -1,0 +1,264 @@
+//! `e2e`: the namespace lab's command-line entry point.
+//!
+//! ```text
+//! e2e cleanup                                      kill recorded lab processes, delete every mlab* namespace
+//! e2e up [--mode two-box|one-box] [--delay-ms N]    build a lab, print its prefix, hold it until Ctrl-C
+//! e2e delay --dev dly0 --delay-ms N --iifs a,b,c   the delay line (run inside ns inet by the lab)
+//! e2e echo [--port 9000]                           UDP echo server (run inside ns cn by the lab)
+//! e2e classify FILE.pcap                           count a capture's frames by class (JSON)
+//! e2e bench handoff --json OUT [--runs 10] [--only baseline|mip-proxy|all]
+//! ```
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use mip_e2e::bench::{self, BenchOptions, Only};
+use mip_e2e::{Lab, LabOptions, Mode, capture, delay, probe, topology};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "e2e",
+    about = "Namespace lab and hand-off benchmark of mip-proxy (docs/lab.md)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Kill every process recorded under /tmp/mlab-run and delete every mlab* namespace.
+    Cleanup,
+    /// Build a lab and hold it until Ctrl-C (for poking around with `ip netns exec`).
+    Up {
+        /// Two-box or one-box.
+        #[arg(long, value_enum, default_value_t = ModeArg::TwoBox)]
+        mode: ModeArg,
+        /// One-way delay per transit of ns inet, ms.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u32,
+    },
+    /// The userspace delay line (run inside ns inet; `Lab::set_delay` starts it).
+    Delay {
+        /// TUN device name.
+        #[arg(long, default_value = topology::DELAY_DEV)]
+        dev: String,
+        /// One-way delay per transit, ms.
+        #[arg(long)]
+        delay_ms: u64,
+        /// Comma-separated interfaces whose forwarded packets are delayed.
+        #[arg(long, value_delimiter = ',', required = true)]
+        iifs: Vec<String>,
+        /// Routing table and rule preference of the detour.
+        #[arg(long, default_value_t = topology::DELAY_TABLE)]
+        table: u32,
+        /// Packets that can be in flight.
+        #[arg(long, default_value_t = 4096)]
+        slots: usize,
+    },
+    /// UDP echo server for the probe (run inside ns cn).
+    Echo {
+        /// UDP port.
+        #[arg(long, default_value_t = mip_e2e::plan::ECHO_PORT)]
+        port: u16,
+    },
+    /// Count a capture's frames by class (UDP/434 registrations and tunnel data, bare IPsec, other).
+    Classify {
+        /// pcap or pcapng file.
+        pcap: PathBuf,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Traffic interruption of a hand-off: strongSwan alone (re-establish, MOBIKE) and, once wired, mip-proxy.
+    Handoff {
+        /// Where to write the JSON result.
+        #[arg(long)]
+        json: PathBuf,
+        /// Also write every run's probe report and IKE message counts here (JSON).
+        #[arg(long)]
+        details: Option<PathBuf>,
+        /// Added RTTs (ms) of the C1 <-> A cases, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [0u32, 40])]
+        rtts: Vec<u32>,
+        /// Hand-offs per case (C1 <-> A cases).
+        #[arg(long, default_value_t = 10)]
+        runs: u32,
+        /// Hand-offs per NAT-change-only case (C1 <-> C2); each may wait the full recovery timeout.
+        #[arg(long, default_value_t = 5)]
+        nat_only_runs: u32,
+        /// Which paths to measure.
+        #[arg(long, value_enum, default_value_t = OnlyArg::All)]
+        only: OnlyArg,
+        /// Probe interval, ms.
+        #[arg(long, default_value_t = 1)]
+        interval_ms: u64,
+        /// A hand-off not recovered within this many seconds counts as not recovered.
+        #[arg(long, default_value_t = 15)]
+        recovery_timeout_s: u64,
+        /// Minimum stay on an access network before the next hand-off, ms (lets the NATs' ARP state for
+        /// the departed MN expire; see BenchOptions::dwell).
+        #[arg(long, default_value_t = 4000)]
+        dwell_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    TwoBox,
+    OneBox,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnlyArg {
+    All,
+    Baseline,
+    MipProxy,
+}
+
+/// Sets a flag on Ctrl-C / SIGTERM so long loops can stop and the lab's `Drop` cleans up.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    ctrlc::set_handler(move || s.store(true, Ordering::SeqCst)).context("installing the SIGINT/SIGTERM handler")?;
+    Ok(stop)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Command::Cleanup => {
+            let rep = topology::cleanup_all()?;
+            println!(
+                "cleanup: killed {} process(es), deleted {} namespace(s), removed {} run dir(s)",
+                rep.killed.len(),
+                rep.namespaces.len(),
+                rep.run_dirs.len()
+            );
+            for k in &rep.killed {
+                println!("  killed {k}");
+            }
+            for n in &rep.namespaces {
+                println!("  deleted {n}");
+            }
+            if !rep.problems.is_empty() {
+                anyhow::bail!("cleanup incomplete: {}", rep.problems.join("; "));
+            }
+        }
+        Command::Up { mode, delay_ms } => {
+            let stop = stop_flag()?;
+            let lab = Lab::up(LabOptions {
+                mode: match mode {
+                    ModeArg::TwoBox => Mode::TwoBox,
+                    ModeArg::OneBox => Mode::OneBox,
+                },
+                delay_ms,
+                ..LabOptions::default()
+            })?;
+            println!(
+                "lab {} is up ({:?}, {} ms per inet transit); Ctrl-C tears it down",
+                lab.prefix(),
+                lab.mode(),
+                delay_ms
+            );
+            println!(
+                "namespaces: {}",
+                lab.namespaces().iter().map(|n| lab.ns(n)).collect::<Vec<_>>().join(" ")
+            );
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            lab.down()?;
+        }
+        Command::Delay {
+            dev,
+            delay_ms,
+            iifs,
+            table,
+            slots,
+        } => {
+            let stop = stop_flag()?;
+            let stats = delay::run(
+                &delay::DelayConfig {
+                    dev,
+                    delay: Duration::from_millis(delay_ms),
+                    iifs,
+                    table,
+                    slots,
+                },
+                stop,
+            )?;
+            println!("delay: stopped {}", serde_json::to_string(&stats)?);
+        }
+        Command::Echo { port } => {
+            let stop = stop_flag()?;
+            let n = probe::echo_server(port, &stop)?;
+            println!("echo: stopped after {n} datagrams");
+        }
+        Command::Classify { pcap } => {
+            let c = capture::classify_pcap(&pcap)?;
+            println!("{}", serde_json::to_string(&c)?);
+        }
+        Command::Bench {
+            which:
+                BenchCmd::Handoff {
+                    json,
+                    details,
+                    rtts,
+                    runs,
+                    nat_only_runs,
+                    only,
+                    interval_ms,
+                    recovery_timeout_s,
+                    dwell_ms,
+                },
+        } => {
+            let stop = stop_flag()?;
+            let opts = BenchOptions {
+                runs,
+                nat_only_runs,
+                only: match only {
+                    OnlyArg::All => Only::All,
+                    OnlyArg::Baseline => Only::Baseline,
+                    OnlyArg::MipProxy => Only::MipProxy,
+                },
+                probe_interval: Duration::from_millis(interval_ms.max(1)),
+                recovery_timeout: Duration::from_secs(recovery_timeout_s),
+                dwell: Duration::from_millis(dwell_ms),
+                rtts_ms: rtts,
+                stop,
+                ..BenchOptions::default()
+            };
+            let report = bench::bench_handoff(&opts, bench::mip_proxy_hook())?;
+            std::fs::write(&json, report.to_json()).with_context(|| format!("writing {}", json.display()))?;
+            if let Some(d) = details {
+                std::fs::write(&d, report.details_json()).with_context(|| format!("writing {}", d.display()))?;
+            }
+            println!("{}", report.table());
+            println!("wrote {}", json.display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("e2e: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
