@@ -354,10 +354,10 @@ impl StrongswanOnly {
     }
 
     fn stop_all(&mut self) {
-        if let Some(c) = self.client.take() {
+        if let Some(mut c) = self.client.take() {
             c.stop();
         }
-        if let Some(g) = self.gateway.take() {
+        if let Some(mut g) = self.gateway.take() {
             g.stop();
         }
     }

@@ -19,6 +19,7 @@ pub mod netns;
 pub mod plan;
 pub mod probe;
 pub mod strongswan;
+pub mod system;
 pub mod topology;
 
 pub use cmd::ProcessGuard;

@@ -652,7 +652,7 @@ impl Charon {
     }
 
     /// Stops charon (SIGTERM, then SIGKILL).
-    pub fn stop(mut self) {
+    pub fn stop(&mut self) {
         self.proc.stop();
     }
 }

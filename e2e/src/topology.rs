@@ -268,6 +268,9 @@ pub fn plan(mode: Mode) -> (Vec<NsSpec>, Vec<LinkSpec>) {
                 l("link set dmz up"),
                 l("link set lan up"),
                 format!("route add default via {}", plan::INET_DMZ),
+                // The HA's home-network address is reached over the intranet LAN (mip-proxy routes the rest of
+                // the home network into its own TUN).
+                format!("route add {}/32 via {} dev lan", plan::HA_HOME, plan::HA_LAN),
             ],
             masquerade_oif: None,
         });
@@ -285,6 +288,9 @@ pub fn plan(mode: Mode) -> (Vec<NsSpec>, Vec<LinkSpec>) {
     }
     gw.extend(up(&["dmz", "lan"]));
     gw.push(format!("route add default via {}", plan::INET_DMZ));
+    if !two_box {
+        gw.push(format!("route add {}/32 via {} dev lan", plan::HA_HOME, plan::HA_LAN));
+    }
     if two_box {
         // The home network toward proxy_public, for charon's own (fwmarked) IKE/ESP to the HoA (FINDINGS
         // "configuration"). In one-box mode mip-proxy routes the home network into its own TUN instead.
