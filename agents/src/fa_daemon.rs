@@ -295,12 +295,17 @@ fn tunnelled(visitor: Option<&Visitor>) -> Option<(&Visitor, mip::roles::fa::Vis
     Some((v, v.tunnel?))
 }
 
-/// Uplink: where a visitor's packet read from the TUN goes. `Ok` names the visitor's tunnel.
+/// Uplink: where a visitor's packet read from the TUN goes. `Ok` names the visitor's tunnel. The inner TTL is
+/// not decremented: the kernel forwarding the packet into the TUN was this hop's one decrement (RFC 2003 §3.1),
+/// so it never hands over TTL 0; such a packet is dropped all the same, never encapsulated.
 fn uplink_tunnel<'v>(
     packet: &[u8],
     visitor: impl Fn(Ipv4Addr) -> Option<&'v Visitor>,
 ) -> Result<mip::roles::fa::VisitorTunnel, DataDrop> {
     let p = inner_packet(packet)?;
+    if p.ttl() == 0 {
+        return Err(DataDrop::TtlExpired);
+    }
     let src = p.src_addr();
     let (v, t) = tunnelled(visitor(src)).ok_or(DataDrop::NotBound)?;
     // RFC 3024: only visitors that asked for reverse tunnelling; RFC 2003 §3.1: never tunnel a packet whose
@@ -1739,6 +1744,11 @@ mod tests {
             Err(DataDrop::NotBound)
         );
         assert_eq!(uplink_tunnel(&[0x45, 0], lookup), Err(DataDrop::Malformed));
+        // TTL 1 goes out as it is (the kernel decremented it already); TTL 0 is never encapsulated.
+        let last_hop = udp_packet(HOA, GW, 1, 0, false, b"x");
+        assert!(uplink_tunnel(&last_hop, lookup).is_ok());
+        let expired = udp_packet(HOA, GW, 0, 0, false, b"x");
+        assert_eq!(uplink_tunnel(&expired, lookup), Err(DataDrop::TtlExpired));
     }
 
     #[test]

@@ -19,11 +19,12 @@
 //! The HA's own address(es) must already be configured in the namespace (the UDP socket binds `ha.address`).
 //!
 //! # Data path rules
-//! Encapsulation copies TOS and DF from the inner header, decrements the inner TTL (a packet with TTL ≤ 1 is
-//! dropped; the kernel already decremented it once forwarding the packet into the TUN, and the encapsulator does
-//! again, as the proxy's data plane does), sets the outer TTL to `outer_ttl` and the outer source to `ha.address` (RFC 2003 §3.1). A packet that
-//! does not fit the path after encapsulation is dropped (`too_big`): keep `tun_mtu` ≤ path MTU − 32. Nothing is
-//! logged per packet (one info line per registration outcome).
+//! Encapsulation copies TOS and DF from the inner header, sets the outer TTL to `outer_ttl` and the outer source
+//! to `ha.address`, and leaves the inner TTL alone (RFC 2003 §3.1): the kernel forwarding the packet into the
+//! TUN was the hop's one decrement (and answered TTL ≤ 1 with Time Exceeded), as for the proxy's data plane; a
+//! packet with TTL 0 (never handed over by the kernel) is dropped (`ttl_expired`). A packet that does not fit
+//! the path after encapsulation is dropped (`too_big`): keep `tun_mtu` ≤ path MTU − 32. Nothing is logged per
+//! packet (one info line per registration outcome).
 //!
 //! # Metrics
 //! `mip_registrations_total{role="ha", code}`, `mip_bindings`, `mip_tunnel_packets_total` /
@@ -427,12 +428,10 @@ impl Core {
                 return;
             }
         };
-        if i.ttl <= 1 {
+        // The kernel already decremented the TTL forwarding the packet into the TUN (one hop, one decrement).
+        if i.ttl == 0 {
             self.m.down_drops.inc("ttl_expired");
             return;
-        }
-        if let Some(p) = self.buf.get_mut(HEADROOM..HEADROOM + i.len) {
-            Ipv4Packet::new_unchecked(p).decrement_ttl();
         }
         let outer = Outer {
             src: self.address,

@@ -417,8 +417,9 @@ fn ha_binds_intercepts_tunnels_and_deregisters() {
     .unwrap_or_else(|| panic!("no IP-in-IP packet at the care-of address:\n{}", lab.logs()));
     assert_eq!(payload, b"hello node");
     assert_eq!(outer_ttl, 64, "outer TTL = dataplane.outer_ttl");
-    // 64 − 1 for the kernel forwarding into the TUN − 1 for the encapsulator (as the proxy's data plane does).
-    assert_eq!(inner_ttl, 62);
+    // 64 − 1 for the HA's kernel forwarding the packet into the TUN, the one decrement of that hop: the
+    // encapsulator does not decrement again (RFC 2003 §3.1).
+    assert_eq!(inner_ttl, 63);
 
     // Reverse tunnel (RFC 3024): from the care-of address with the home address inside: delivered.
     let cn2 = udp_in(&c, "0.0.0.0:9998");

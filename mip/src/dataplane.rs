@@ -52,7 +52,7 @@ pub enum DataDrop {
     OuterAddress,
     /// A packet for a mobile node that did not come from a VPN gateway.
     NotFromVpnGateway,
-    /// TTL 0 after decapsulation, or TTL ≤ 1 where forwarding is needed (an ICMP error may be sent).
+    /// TTL 0: after decapsulation, or in a packet to encapsulate (which then gets an ICMP Time Exceeded).
     TtlExpired,
     /// The encapsulated packet would exceed the path MTU with DF set (an ICMP error is sent instead).
     TooBig,
@@ -397,8 +397,13 @@ impl DataPlane {
     /// A packet for a mobile node (from the VPN gateway: ESP or IKE toward the home address). It must already
     /// sit in `out` at offset [`DataPlane::downlink_offset`] (so encapsulation adds the outer headers in place,
     /// without copying the payload); `len` is its length. On success `out[..len']` holds the outer packet.
-    /// Inner TTL is decremented (the proxy forwards, RFC 2003 §3.1); TTL ≤ 1 → ICMP Time Exceeded (case 71);
-    /// no binding → drop without ICMP (case 70).
+    ///
+    /// The inner TTL is left as it is: the packet reaches the data plane through the TUN, and the kernel
+    /// forwarding it there was the one router hop RFC 2003 §3.1 asks the encapsulator to count (it decremented
+    /// the TTL and answered TTL ≤ 1 with Time Exceeded itself, case 71); a packet the host originated was not
+    /// forwarded and is not decremented either (RFC 2003 §3.1, "otherwise … not changed"). So the kernel never
+    /// hands over TTL 0; should one arrive anyway it gets ICMP Time Exceeded and is never encapsulated (case 71).
+    /// No binding → drop without ICMP (case 70).
     pub fn downlink(&mut self, out: &mut [u8], len: usize, bindings: &BindingCache) -> Downlink {
         let at = self.downlink_offset();
         let Some(inner) = out.get(at..at + len) else {
@@ -426,7 +431,7 @@ impl DataPlane {
             let half = bindings.get_by_home(dst).is_some();
             return Downlink::Drop(if half { DataDrop::HalfBound } else { DataDrop::NotBound });
         };
-        if ttl <= 1 {
+        if ttl == 0 {
             return self.icmp_error(out, at, inner_len, IcmpKind::TimeExceeded);
         }
         let enc = binding.tunnel.encapsulation;
@@ -438,9 +443,6 @@ impl DataPlane {
         if overhead(enc) + inner_len > usize::from(path) && df {
             let mtu = path.saturating_sub(overhead(enc) as u16);
             return self.icmp_error(out, at, inner_len, IcmpKind::TooBig(mtu));
-        }
-        if let Some(inner) = out.get_mut(at..at + inner_len) {
-            Ipv4Packet::new_unchecked(inner).decrement_ttl();
         }
         // The outer header goes right before the inner packet: shift it so it starts after this tunnel's
         // overhead (UDP tunnels need more room than IP-in-IP; the buffer is laid out for the larger).

@@ -232,17 +232,33 @@ fn two_box_registration_data_keys_and_shutdown() {
         (&VPNGW.octets()[..], &HOA.octets()[..])
     );
     assert_eq!(&inner[20..], &esp_body(3)[..]);
-    // The proxy host's kernel forwards the packet into the TUN (−1) and the data plane decrements it once more
-    // as the RFC 2003 encapsulator (see the report: mip's downlink assumes it is the only forwarder).
+    // The proxy host's kernel forwards the packet into the TUN (−1), the one decrement of this hop; the data
+    // plane, as the RFC 2003 encapsulator, does not decrement again.
     let ttl = inner[8];
     eprintln!("two-box downlink: inner TTL 64 at the gateway, {ttl} inside the tunnel");
-    assert!((62..64).contains(&ttl), "inner TTL {ttl} must be decremented");
+    assert_eq!(ttl, 63, "inner TTL decremented once per forwarding hop");
     assert_eq!(
         metric(
             &lab.metrics(),
             "mip_tunnel_packets_total{direction=\"down\",encapsulation=\"udp\"}"
         ),
         1.0
+    );
+    // Spec §10 case 71 across the whole hop: TTL 2 at the gateway leaves the tunnel with 1 (not 0), TTL 1 is
+    // answered with Time Exceeded (by the proxy host's kernel) and never tunnelled.
+    let time_exceeded_rx = raw_socket(&lab.gw, 1, false);
+    raw_send(&tx, &ipv4(VPNGW, HOA, 50, 2, &esp_body(4)), HOA);
+    let (pkt2, _) = mn.recv_first(4, Duration::from_secs(2)).expect("TTL 2 tunnelled");
+    assert_eq!(&pkt2[24..], &esp_body(4)[..]);
+    assert_eq!(pkt2[4 + 8], 1, "inner TTL 2 − 1 for the one forwarding hop");
+    raw_send(&tx, &ipv4(VPNGW, HOA, 50, 1, &esp_body(5)), HOA);
+    let te = raw_recv(&time_exceeded_rx, Duration::from_secs(2), |p| {
+        p.len() >= 48 && p[9] == 1 && p[20] == 11 && p[44..48] == HOA.octets()
+    });
+    assert!(te.is_some(), "TTL 1 gets ICMP Time Exceeded");
+    assert!(
+        mn.recv_first(4, Duration::from_millis(300)).is_none(),
+        "TTL 1 must not be tunnelled"
     );
 
     // An ICMP "fragmentation needed" from the node's path about that packet is relayed to the gateway (RFC 2003
@@ -534,8 +550,8 @@ fn one_box_installs_no_policy_rule_and_registers() {
         outer[28]
     );
     assert_eq!(
-        outer[28], 63,
-        "locally originated, decremented once by the encapsulator"
+        outer[28], 64,
+        "locally originated, not forwarded: the encapsulator leaves the TTL alone (RFC 2003 §3.1)"
     );
     eventually_metric(
         &lab,
