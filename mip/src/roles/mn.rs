@@ -14,14 +14,16 @@
 //! * Identification (RFC 5944 §5.7, §3.6.3) comes from [`MnIdentification`]: a new one per request; a
 //!   retransmission gets a new timestamp, or is resent unchanged with nonces (spec §10 case 29).
 //! * Retransmission (RFC 5944 §3.6.3): the first timeout is `retransmit.initial_ms` (≥ 1 s), each later one twice
-//!   the previous, capped by `retransmit.max_ms` and by the requested lifetime; a token bucket keeps the node at
+//!   the previous, capped by `retransmit.max_ms`, by the requested lifetime and, while a binding is in force, by a
+//!   quarter of what is left of it \[G\] (a renewal gets several tries before it lapses); a token bucket keeps the node at
 //!   ≤ 1 request per second on average (RFC 5944 §3.6) whatever triggers the requests.
 //! * Replies (RFC 5944 §3.6.2): exactly one MN-HA that verifies, then the low 32 bits of the Identification must
 //!   match the latest request; else the reply is dropped silently. The granted lifetime is counted from when the
 //!   request was *sent* (RFC 5944 §3.6.2.2) and never exceeds the requested one.
 //! * Keepalives (RFC 3519 §4.9, §4.10): every K seconds (K from the UDP Tunnel Reply, 0 → the configured default,
 //!   below 10 → 10); the first one K seconds after the request, or at once in the R-flag case (RFC 3519 §4.4).
-//!   Three unanswered in a row → re-register (with K halved for that tunnel, never below 10 s).
+//!   A keepalive not answered within 1 s is sent again at once; three unanswered in a row → re-register (with K
+//!   halved for that tunnel, never below 10 s) \[G\]: a peer that lost the binding is found within K + 3 s.
 //! * Agent discovery (RFC 5944 §2.4): when attached through an FA and no advertisement arrives, up to 3
 //!   solicitations one second apart, then binary exponential backoff to 60 s. An FA sequence number that drops
 //!   into 0–255 means the FA rebooted (RFC 5944 §2.4.4): re-register.
@@ -67,6 +69,11 @@ pub const FA_REGISTRATION_TTL: u8 = 255;
 
 /// Keepalives unanswered in a row before the node re-registers (RFC 3519 §4.10: "repeated loss").
 const KEEPALIVE_LOSS_LIMIT: u8 = 3;
+/// How long a keepalive waits for its echo reply before it counts as lost and is sent again \[G\]. Short, so a
+/// tunnel peer that lost the binding (a restarted proxy without replication) is found within one keepalive
+/// interval plus `KEEPALIVE_LOSS_LIMIT` × this; a path with a longer round trip only sends extra keepalives
+/// (and, after `KEEPALIVE_LOSS_LIMIT` late replies in a row, one extra registration).
+const KEEPALIVE_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Encapsulation requested in the UDP Tunnel Request: IP in UDP (RFC 3519 §3.1; spec V5).
 const UDP_ENCAP_IP: u8 = 4;
 /// How long to wait for an advertisement after attaching through an FA before soliciting \[G\].
@@ -531,6 +538,8 @@ struct Keepalive {
     next: Instant,
     outstanding: bool,
     missed: u8,
+    /// When the outstanding keepalive was sent (the next one is due one interval later).
+    sent_at: Instant,
     src: SocketAddrV4,
     dst: SocketAddrV4,
 }
@@ -836,6 +845,9 @@ impl MobileNode {
 
     fn on_keepalive_reply(&mut self, out: &mut Vec<MnOutput>) {
         if let Some(k) = self.keepalive.as_mut() {
+            if k.outstanding {
+                k.next = k.sent_at + k.interval;
+            }
             k.outstanding = false;
             k.missed = 0;
             self.keepalive_shrink = 0;
@@ -1140,6 +1152,7 @@ impl MobileNode {
                 next,
                 outstanding: false,
                 missed: 0,
+                sent_at: next,
                 src: p.plan.src,
                 dst: peer,
             });
@@ -1199,7 +1212,9 @@ impl MobileNode {
         }
         out.push(MnOutput::SendKeepalive { src: k.src, dst: k.dst });
         k.outstanding = true;
-        k.next = now.instant + k.interval;
+        k.sent_at = now.instant;
+        // The reply deadline; an answer moves `next` to one interval after this send.
+        k.next = now.instant + KEEPALIVE_REPLY_TIMEOUT.min(k.interval);
     }
 
     fn discovery_tick(&mut self, now: Now, out: &mut Vec<MnOutput>) {
@@ -1500,6 +1515,11 @@ impl MobileNode {
         let mut cap = Duration::from_millis(self.config.retransmit.max_ms);
         if p.plan.repr.lifetime != 0 {
             cap = cap.min(Duration::from_secs(u64::from(p.plan.repr.lifetime)));
+        }
+        // \[G\] While an existing binding is being renewed, keep at least four more tries before it lapses:
+        // on a lossy path the doubling would otherwise spend the renewal window on two or three requests.
+        if let Some(expires_at) = self.binding.map(|b| b.expires_at).filter(|e| *e != NEVER) {
+            cap = cap.min(expires_at.saturating_duration_since(now.instant) / 4);
         }
         let cap = cap.max(initial);
         p.timeout = if p.timeout.is_zero() {
@@ -2269,7 +2289,8 @@ mod tests {
         let t = only_send(&run(&mut mn, at(0), colocated(COA)));
         let rep = ha.answer(&t, at(100).ntp, ReplyCode::Accepted, 20, &[]);
         let _ = run(&mut mn, at(100), deliver(PROXY, t.src, &rep));
-        // Renewal at 15 s (5 s lead), retransmitted at 16 s, gives up at 18 s; expiry at 20 s.
+        // Renewal at 15 s (5 s lead), retransmitted at 16 s; the timeout stays at 1 s (a quarter of what is left
+        // of the binding, at least the initial timeout), so it gives up at 17 s; expiry at 20 s.
         let mut log = Vec::new();
         while let Some(next) = mn.next_timer() {
             let out = run(&mut mn, at(next.millis()), MnInput::Tick);
@@ -2284,7 +2305,7 @@ mod tests {
             vec![
                 (15_000, 1, None, false),
                 (16_000, 1, None, false),
-                (18_000, 0, Some(ReplyCode::FaRegistrationTimeout), false),
+                (17_000, 0, Some(ReplyCode::FaRegistrationTimeout), false),
                 (20_000, 0, None, true),
             ]
         );
@@ -2415,24 +2436,32 @@ mod tests {
         assert_eq!(mn.next_timer(), Some(Instant::from_secs(20)));
         assert_eq!(run(&mut mn, at(20_000), MnInput::Tick), vec![ka.clone()]);
         assert!(run(&mut mn, at(20_050), MnInput::KeepaliveReply).is_empty());
-        // Then three unanswered in a row → re-registration on the fourth tick.
+        // The next one is due one interval after the previous was sent, not after its answer.
+        assert_eq!(mn.next_timer(), Some(Instant::from_secs(40)));
+        // A late answer (after the 1 s reply timeout) costs one extra keepalive, no registration.
         assert_eq!(run(&mut mn, at(40_000), MnInput::Tick), vec![ka.clone()]);
-        assert_eq!(run(&mut mn, at(60_000), MnInput::Tick), vec![ka.clone()]);
-        assert_eq!(run(&mut mn, at(80_000), MnInput::Tick), vec![ka.clone()]);
-        let out = run(&mut mn, at(100_000), MnInput::Tick);
+        assert_eq!(mn.next_timer(), Some(Instant::from_secs(41)));
+        assert_eq!(run(&mut mn, at(41_000), MnInput::Tick), vec![ka.clone()]);
+        assert!(run(&mut mn, at(41_500), MnInput::KeepaliveReply).is_empty());
+        assert_eq!(mn.next_timer(), Some(Instant::from_secs(61)));
+        // Then three unanswered in a row (the peer lost the binding) → re-registration 3 s after the first.
+        assert_eq!(run(&mut mn, at(61_000), MnInput::Tick), vec![ka.clone()]);
+        assert_eq!(run(&mut mn, at(62_000), MnInput::Tick), vec![ka.clone()]);
+        assert_eq!(run(&mut mn, at(63_000), MnInput::Tick), vec![ka.clone()]);
+        let out = run(&mut mn, at(64_000), MnInput::Tick);
         let t = only_send(&out);
         assert!(!out.contains(&ka));
         assert_eq!(req(&t).repr.care_of_address, PRIV_COA);
         // The new tunnel uses a halved interval (20 → 10), never below 10.
-        let rep = ha.answer(&t, at(100_100).ntp, ReplyCode::Accepted, 0, &[utrp(20)]);
-        let out = run(&mut mn, at(100_100), deliver(PROXY, t.src, &rep));
+        let rep = ha.answer(&t, at(64_100).ntp, ReplyCode::Accepted, 0, &[utrp(20)]);
+        let out = run(&mut mn, at(64_100), deliver(PROXY, t.src, &rep));
         assert!(matches!(
             registered(&out),
             Some((_, MnTunnel::Udp { keepalive_secs: 10, .. }, _, _))
         ));
         // An answered keepalive restores the full interval for the next registration.
-        let _ = run(&mut mn, at(110_000), MnInput::Tick);
-        let _ = run(&mut mn, at(110_010), MnInput::KeepaliveReply);
+        let _ = run(&mut mn, at(74_100), MnInput::Tick);
+        let _ = run(&mut mn, at(74_110), MnInput::KeepaliveReply);
         assert_eq!(mn.keepalive_shrink, 0);
         // A keepalive reply without a UDP tunnel is unexpected.
         let mut plain = node(config());
@@ -2533,6 +2562,9 @@ mod tests {
                 dst: SocketAddrV4::new(PROXY, 434)
             }
         );
+        // The reply deadline now; once answered, the next keepalive is one interval after this one.
+        assert_eq!(mn.keepalive.unwrap().next, Instant::from_millis(100 + 1_000));
+        assert!(run(&mut mn, at(150), MnInput::KeepaliveReply).is_empty());
         assert_eq!(mn.keepalive.unwrap().next, Instant::from_millis(100 + 110_000));
         // The same co-located registration through an FA without U: no UDP Tunnel Request.
         let mut mn = node(config());
