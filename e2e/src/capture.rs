@@ -91,8 +91,18 @@ pub enum Class {
     MipDataIke,
     /// UDP/434 tunnel data carrying a NAT-T keepalive (one 0xFF byte on UDP 4500).
     MipDataKeepalive,
+    /// UDP/434 tunnel data carrying an ICMP echo request/reply: the RFC 3519 §4.9 keepalive (its inner
+    /// packet goes from the home address or the FA's care-of address to the tunnel peer, never to the intranet).
+    MipKeepalive,
     /// UDP/434 tunnel data carrying anything else (plain traffic inside the tunnel).
     MipDataOther,
+    /// IP-in-IP (RFC 2003, IP protocol 4: co-located routable care-of address, or FA care-of address) carrying
+    /// ESP.
+    IpipEsp,
+    /// IP-in-IP carrying IKE (or a NAT-T keepalive).
+    IpipIke,
+    /// IP-in-IP carrying anything else (plain traffic inside the tunnel).
+    IpipOther,
     /// Other UDP/434 messages (agent messages, unknown types).
     MipOther,
     /// ESP outside the MIP tunnel (ESP-in-UDP/4500 or IP proto 50).
@@ -130,8 +140,16 @@ pub struct Classification {
     pub mip_data_ike: u64,
     /// [`Class::MipDataKeepalive`].
     pub mip_data_keepalive: u64,
+    /// [`Class::MipKeepalive`].
+    pub mip_keepalive: u64,
     /// [`Class::MipDataOther`].
     pub mip_data_other: u64,
+    /// [`Class::IpipEsp`].
+    pub ipip_esp: u64,
+    /// [`Class::IpipIke`].
+    pub ipip_ike: u64,
+    /// [`Class::IpipOther`].
+    pub ipip_other: u64,
     /// [`Class::MipOther`].
     pub mip_other: u64,
     /// [`Class::BareEsp`].
@@ -164,7 +182,11 @@ impl Classification {
             Class::MipDataEsp => &mut self.mip_data_esp,
             Class::MipDataIke => &mut self.mip_data_ike,
             Class::MipDataKeepalive => &mut self.mip_data_keepalive,
+            Class::MipKeepalive => &mut self.mip_keepalive,
             Class::MipDataOther => &mut self.mip_data_other,
+            Class::IpipEsp => &mut self.ipip_esp,
+            Class::IpipIke => &mut self.ipip_ike,
+            Class::IpipOther => &mut self.ipip_other,
             Class::MipOther => &mut self.mip_other,
             Class::BareEsp => &mut self.bare_esp,
             Class::BareIke => &mut self.bare_ike,
@@ -186,8 +208,14 @@ impl Classification {
             + self.mip_data_esp
             + self.mip_data_ike
             + self.mip_data_keepalive
+            + self.mip_keepalive
             + self.mip_data_other
             + self.mip_other
+    }
+
+    /// Frames of a Mobile IP tunnel carrying ESP (UDP/434 tunnel data or IP-in-IP).
+    pub fn tunnelled_esp(&self) -> u64 {
+        self.mip_data_esp + self.ipip_esp
     }
 
     /// IP frames outside the MIP tunnel (bare IPsec and everything else); ARP does not count.
@@ -202,10 +230,15 @@ impl Classification {
             + self.fragment
     }
 
-    /// The Internet-side property: every IP frame is UDP/434, and the tunnel carries only IPsec (ESP, IKE,
-    /// NAT-T keepalives) besides registrations; at least one ESP packet was seen.
+    /// The Internet-side property: every IP frame is a Mobile IP message or tunnel (UDP/434 or IP-in-IP), and
+    /// the tunnels carry only IPsec (ESP, IKE, NAT-T keepalives) and RFC 3519 keepalives besides registrations;
+    /// at least one tunnelled ESP packet was seen.
     pub fn only_ipsec_in_mip_tunnel(&self) -> bool {
-        self.outside_tunnel() == 0 && self.mip_data_other == 0 && self.mip_other == 0 && self.mip_data_esp > 0
+        self.outside_tunnel() == 0
+            && self.mip_data_other == 0
+            && self.ipip_other == 0
+            && self.mip_other == 0
+            && self.tunnelled_esp() > 0
     }
 }
 
@@ -242,6 +275,12 @@ fn ipsec_kind(ip: &[u8]) -> Option<Class> {
     None
 }
 
+/// An ICMP echo request (8) or reply (0), the RFC 3519 keepalive's inner packet.
+fn is_icmp_echo(ip: &[u8]) -> bool {
+    let ihl = usize::from(ip.first().map_or(0, |b| b & 0x0f)) * 4;
+    ip.get(9) == Some(&1) && matches!(ip.get(ihl), Some(0 | 8))
+}
+
 /// Classifies one IPv4 packet (a frame's network layer).
 pub fn classify_ipv4(ip: &[u8]) -> Class {
     classify_inner(ip).unwrap_or(Class::OtherIp)
@@ -258,6 +297,14 @@ fn classify_inner(ip: &[u8]) -> Option<Class> {
     let ihl = usize::from(ip.first()? & 0x0f) * 4;
     match *ip.get(9)? {
         1 => return Some(Class::Icmp),
+        4 => {
+            let inner = ip.get(ihl..)?;
+            return Some(match ipsec_kind(inner) {
+                Some(Class::BareEsp) => Class::IpipEsp,
+                Some(Class::BareIke | Class::BareKeepalive) => Class::IpipIke,
+                _ => Class::IpipOther,
+            });
+        }
         6 => return Some(Class::Tcp),
         17 => {}
         _ => return Some(ipsec_kind(ip).unwrap_or(Class::OtherIp)),
@@ -277,6 +324,7 @@ fn classify_inner(ip: &[u8]) -> Option<Class> {
                 Some(Class::BareEsp) => Class::MipDataEsp,
                 Some(Class::BareIke) => Class::MipDataIke,
                 Some(Class::BareKeepalive) => Class::MipDataKeepalive,
+                _ if is_icmp_echo(inner) => Class::MipKeepalive,
                 _ => Class::MipDataOther,
             },
             _ => Class::MipDataOther,
@@ -316,6 +364,7 @@ pub fn mip_flows(path: &Path) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>> {
                 | Class::MipDataEsp
                 | Class::MipDataIke
                 | Class::MipDataKeepalive
+                | Class::MipKeepalive
                 | Class::MipDataOther
                 | Class::MipOther
         ) {

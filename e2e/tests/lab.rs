@@ -271,6 +271,21 @@ fn capture_classifier_on_a_known_pcap() {
     assert_eq!(c.outside_tunnel(), 5);
     assert!(!c.only_ipsec_in_mip_tunnel());
     assert_eq!(capture::classify_ipv4(&frames[2]), Class::MipDataEsp);
+    // IP-in-IP (protocol 4) is classified by what it carries; an ICMP echo inside UDP/434 tunnel data is the
+    // RFC 3519 keepalive (neither is "outside the tunnel").
+    let ipip = |inner: &[u8]| {
+        let mut outer = ipv4_udp_packet(a(mn, 1), a(proxy, 1), &[]);
+        outer.truncate(20);
+        outer[9] = 4;
+        outer.extend_from_slice(inner);
+        outer
+    };
+    let mut echo = ipv4_udp_packet(a(hoa, 1), a(proxy, 1), &[8, 0, 0, 0, 0, 0, 0, 0]);
+    echo[9] = 1;
+    assert_eq!(capture::classify_ipv4(&ipip(&frames[8])), Class::IpipEsp);
+    assert_eq!(capture::classify_ipv4(&ipip(&frames[9])), Class::IpipIke);
+    assert_eq!(capture::classify_ipv4(&ipip(&frames[12])), Class::IpipOther);
+    assert_eq!(capture::classify_ipv4(&tunnel(echo)), Class::MipKeepalive);
     // Wireshark's dissectors agree.
     assert_eq!(capture::tshark_count(&pcap, "mip.type == 1").unwrap(), 1);
     assert_eq!(capture::tshark_count(&pcap, "mip.type == 3").unwrap(), 1);
