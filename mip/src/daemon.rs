@@ -78,8 +78,21 @@ fn default_proxy_tun() -> String {
 fn default_proxy_ha_tun() -> String {
     "mipp1".into()
 }
-fn default_mtu() -> u16 {
-    1500
+/// Default MTU of the path toward mobile nodes (`dataplane.path_mtu`): an Ethernet link.
+pub const DEFAULT_PATH_MTU: u16 = 1500;
+/// Bytes the largest tunnel encapsulation adds: IPv4 + UDP + Tunnel Data, 32 (RFC 3519 §3.3).
+const UDP_TUNNEL_OVERHEAD: u16 = crate::dataplane::overhead(crate::binding::Encapsulation::UdpIpInIp) as u16;
+/// Bytes IP-in-IP adds: one IPv4 header, 20 (RFC 2003).
+const IPIP_OVERHEAD: u16 = crate::dataplane::overhead(crate::binding::Encapsulation::IpInIp) as u16;
+/// Default MTU of every daemon's TUN: the UDP tunnel MTU over a [`DEFAULT_PATH_MTU`] path (1500 − 32 = 1468),
+/// so a packet that fits the TUN fits any tunnel without fragmenting the outer packet (and the ESP inside).
+pub const DEFAULT_TUN_MTU: u16 = DEFAULT_PATH_MTU - UDP_TUNNEL_OVERHEAD;
+
+fn default_path_mtu() -> u16 {
+    DEFAULT_PATH_MTU
+}
+fn default_tun_mtu() -> u16 {
+    DEFAULT_TUN_MTU
 }
 fn default_outer_ttl() -> u8 {
     crate::dataplane::DEFAULT_OUTER_TTL
@@ -107,11 +120,12 @@ pub struct ProxyDataPlane {
     /// TUN injecting packets from home-agent tunnels toward the VPN gateway's private side.
     #[serde(default = "default_proxy_ha_tun")]
     pub ha_tun: String,
-    /// MTU of the TUN devices.
-    #[serde(default = "default_mtu")]
-    pub tun_mtu: u16,
-    /// MTU of the path toward mobile nodes (outer packets), before PMTU discovery lowers it.
-    #[serde(default = "default_mtu")]
+    /// MTU of the TUN devices. Default `path_mtu` − 32, the UDP tunnel MTU (read it with
+    /// [`ProxyDataPlane::tun_mtu`]); at most `path_mtu` − 20 (the IP-in-IP tunnel MTU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tun_mtu: Option<u16>,
+    /// MTU of the path toward mobile nodes (outer packets), before PMTU discovery lowers it. Default 1500.
+    #[serde(default = "default_path_mtu")]
     pub path_mtu: u16,
     /// TTL of outer headers.
     #[serde(default = "default_outer_ttl")]
@@ -154,13 +168,46 @@ impl Validate for ProxyFile {
         if d.tun == d.ha_tun {
             e.push(ConfigError::new("dataplane.ha_tun", "must differ from dataplane.tun"));
         }
-        e.extend(mtu_errors("dataplane.tun_mtu", d.tun_mtu));
         e.extend(mtu_errors("dataplane.path_mtu", d.path_mtu));
+        match d.tun_mtu {
+            Some(mtu) => {
+                e.extend(mtu_errors("dataplane.tun_mtu", mtu));
+                let ipip = d.path_mtu.saturating_sub(IPIP_OVERHEAD);
+                if mtu > ipip {
+                    e.push(ConfigError::new(
+                        "dataplane.tun_mtu",
+                        format!(
+                            "{mtu} does not fit a tunnel over path_mtu {}: at most path_mtu - 20 = {ipip} \
+                             (IP-in-IP), path_mtu - 32 = {} for UDP tunnels (the default)",
+                            d.path_mtu,
+                            d.path_mtu.saturating_sub(UDP_TUNNEL_OVERHEAD)
+                        ),
+                    ));
+                }
+            }
+            None if (576..=9000).contains(&d.path_mtu) && d.tun_mtu() < 576 => e.push(ConfigError::new(
+                "dataplane.tun_mtu",
+                format!(
+                    "the default, path_mtu - 32 = {}, is below 576: raise path_mtu",
+                    d.tun_mtu()
+                ),
+            )),
+            None => {}
+        }
         if d.outer_ttl == 0 {
             e.push(ConfigError::new("dataplane.outer_ttl", "must be at least 1"));
         }
         e.extend(self.daemon.validate().into_iter().map(|x| x.within("daemon")));
         e
+    }
+}
+
+impl ProxyDataPlane {
+    /// MTU of the TUN devices: `tun_mtu` if set, else `path_mtu` − 32 (the UDP tunnel MTU: a packet that fits
+    /// the TUN fits every tunnel without fragmenting the outer packet).
+    pub fn tun_mtu(&self) -> u16 {
+        self.tun_mtu
+            .unwrap_or(self.path_mtu.saturating_sub(UDP_TUNNEL_OVERHEAD))
     }
 }
 
@@ -210,8 +257,9 @@ pub struct HaDataPlane {
     /// TUN that bound home addresses are routed into (then tunnelled to their care-of address).
     #[serde(default = "default_ha_tun")]
     pub tun: String,
-    /// MTU of the TUN.
-    #[serde(default = "default_mtu")]
+    /// MTU of the TUN. Default 1468: the UDP tunnel MTU (path MTU − 32) over a 1500-byte path; keep it at most
+    /// the path MTU toward care-of addresses − 32 (− 20 with IP-in-IP only).
+    #[serde(default = "default_tun_mtu")]
     pub tun_mtu: u16,
     /// TTL of outer headers.
     #[serde(default = "default_outer_ttl")]
@@ -239,7 +287,7 @@ impl Default for HaDataPlane {
     fn default() -> Self {
         HaDataPlane {
             tun: default_ha_tun(),
-            tun_mtu: default_mtu(),
+            tun_mtu: default_tun_mtu(),
             outer_ttl: default_outer_ttl(),
             home_link: None,
         }
@@ -262,9 +310,6 @@ impl Validate for HaFile {
 fn default_mn_tun() -> String {
     "mip0".into()
 }
-fn default_mn_mtu() -> u16 {
-    1468
-}
 
 /// The mobile node daemon's data plane.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,7 +319,7 @@ pub struct MnDataPlane {
     #[serde(default = "default_mn_tun")]
     pub tun: String,
     /// MTU of the TUN: leave room for IPv4 + UDP + Tunnel Data (32 bytes) under the access link's MTU.
-    #[serde(default = "default_mn_mtu")]
+    #[serde(default = "default_tun_mtu")]
     pub tun_mtu: u16,
     /// Destinations reached through the Mobile IP tunnel (the VPN gateway's public address).
     pub tunnelled: Vec<crate::config::Prefix>,
@@ -327,8 +372,9 @@ pub struct FaDataPlane {
     /// TUN that visitors' packets are policy-routed into for reverse tunnelling (RFC 3024 direct delivery).
     #[serde(default = "default_fa_tun")]
     pub tun: String,
-    /// MTU of the TUN.
-    #[serde(default = "default_mtu")]
+    /// MTU of the TUN. Default 1468: the UDP tunnel MTU (path MTU − 32) over a 1500-byte path; the daemon
+    /// warns at start when it exceeds the routed link's MTU minus the tunnel headers.
+    #[serde(default = "default_tun_mtu")]
     pub tun_mtu: u16,
     /// Routing table of the reverse-tunnel policy rules.
     #[serde(default = "default_fa_table")]

@@ -70,3 +70,52 @@ fn file_errors_name_the_section() {
         ]
     );
 }
+
+const PROXY_MIN: &str = "proxy: {proxy_public: 198.51.100.10, proxy_private: 10.10.0.10, \
+                         home_agents: [{address: 10.10.1.1, home_networks: [10.10.1.0/24]}]}\n\
+                         daemon: {keys_file: /k}\n";
+
+fn proxy_with(dataplane: &str) -> Result<ProxyFile, Vec<mip::config::ConfigError>> {
+    from_yaml::<ProxyFile>(&format!(
+        "{PROXY_MIN}dataplane: {{vpn_gateways: [198.51.100.20], vpn_gateway_private: 10.10.0.20{dataplane}}}\n"
+    ))
+}
+
+/// Lab FINDINGS: a TUN at 1500 over a 1500-byte path fragments ESP; TUN MTU = path MTU − 32 (the UDP tunnel's).
+#[test]
+fn tun_mtu_defaults_to_the_udp_tunnel_mtu() {
+    let p = proxy_with("").unwrap();
+    assert_eq!((p.dataplane.path_mtu, p.dataplane.tun_mtu()), (1500, 1468));
+    let p = proxy_with(", path_mtu: 1400").unwrap();
+    assert_eq!(p.dataplane.tun_mtu(), 1368, "follows path_mtu");
+    let p = proxy_with(", path_mtu: 1400, tun_mtu: 1380").unwrap();
+    assert_eq!(p.dataplane.tun_mtu(), 1380, "an explicit value wins");
+    let ha: HaFile =
+        from_yaml("ha: {address: 10.10.1.1, home_networks: [10.10.1.0/24]}\ndaemon: {keys_file: /k}\n").unwrap();
+    assert_eq!(ha.dataplane.tun_mtu, 1468);
+    let fa: FaFile = from_yaml(
+        "fa: {visited_address: 192.0.2.1, routed_address: 198.51.100.30, care_of_addresses: [192.0.2.1]}\n\
+         dataplane: {visited_interface: eth0}\ndaemon: {keys_file: /k}\n",
+    )
+    .unwrap();
+    assert_eq!(fa.dataplane.tun_mtu, 1468);
+    // The shipped examples say the same.
+    assert_eq!(load::<ProxyFile>("proxy.yaml").dataplane.tun_mtu(), 1468);
+    assert_eq!(load::<HaFile>("ha.yaml").dataplane.tun_mtu, 1468);
+    assert_eq!(load::<FaFile>("fa.yaml").dataplane.tun_mtu, 1468);
+    assert_eq!(load::<MnFile>("mn.yaml").dataplane.tun_mtu, 1468);
+}
+
+#[test]
+fn tun_mtu_above_the_ipip_tunnel_mtu_is_refused() {
+    assert!(proxy_with(", tun_mtu: 1480").is_ok(), "path_mtu - 20 fits IP-in-IP");
+    let errs = proxy_with(", tun_mtu: 1500").unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].field, "dataplane.tun_mtu");
+    assert!(errs[0].message.contains("1480"), "{}", errs[0].message);
+    let errs = proxy_with(", path_mtu: 1400, tun_mtu: 1400").unwrap_err();
+    assert_eq!(errs[0].field, "dataplane.tun_mtu");
+    // A default derived from a tiny path MTU is refused too, naming the field.
+    let errs = proxy_with(", path_mtu: 600").unwrap_err();
+    assert_eq!(errs[0].field, "dataplane.tun_mtu", "{errs:?}");
+}

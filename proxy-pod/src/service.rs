@@ -216,16 +216,16 @@ impl ProxyService {
         let kernel = KernelState::install(file)?;
         let d = &file.dataplane;
         let udp_mtu = dataplane.tunnel_mtu(Ipv4Addr::UNSPECIFIED, mip::binding::Encapsulation::UdpIpInIp);
-        if d.tun_mtu > udp_mtu {
+        if d.tun_mtu() > udp_mtu {
             tracing::warn!(
-                tun_mtu = d.tun_mtu,
+                tun_mtu = d.tun_mtu(),
                 tunnel_mtu = udp_mtu,
                 "dataplane.tun_mtu exceeds the UDP tunnel MTU (path_mtu - 32): larger packets without DF cannot \
                  be sent to nodes behind UDP tunnels; set tun_mtu to at most the tunnel MTU"
             );
         }
         // Slots hold the largest packet of either MTU plus the outer headers the data plane adds.
-        let slot = BUFFER_SIZE.max(usize::from(d.tun_mtu.max(d.path_mtu)) + 64);
+        let slot = BUFFER_SIZE.max(usize::from(d.tun_mtu().max(d.path_mtu)) + 64);
         let batch = || RecvBatch::new(DEFAULT_BATCH, slot);
         let p = &file.proxy;
         let core = Core {

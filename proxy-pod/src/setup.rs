@@ -3,10 +3,10 @@
 //! * sysctls: `net.ipv4.ip_forward = 1`; `rp_filter = 0` on `all`, `default` and both TUNs (packets from a
 //!   mobile node's home address arrive on the TUN, FINDINGS "rp_filter"); IPv6 off on the TUNs (best effort,
 //!   so the kernel's own IPv6 chatter never reaches the data plane). Sysctls are left as they are at shutdown.
-//! * TUN `dataplane.tun` (MTU `tun_mtu`, up) with a route for every home network of `proxy.home_agents` into
-//!   it: the kernel forwards packets for home addresses (from the VPN gateway) to the proxy's downlink, and
-//!   packets written to it (decapsulated uplink) are forwarded to the VPN gateway (two-box) or delivered to the
-//!   local IPsec stack (one-box).
+//! * TUN `dataplane.tun` (MTU `tun_mtu`, by default `path_mtu` − 32, up) with a route for every home network of
+//!   `proxy.home_agents` into it: the kernel forwards packets for home addresses (from the VPN gateway) to the
+//!   proxy's downlink, and packets written to it (decapsulated uplink) are forwarded to the VPN gateway
+//!   (two-box) or delivered to the local IPsec stack (one-box).
 //! * TUN `dataplane.ha_tun` (up): inner packets from home-agent tunnels are injected there. two_box: the policy
 //!   rule `iif ha_tun lookup ha_path_table` and `default via vpn_gateway_private` in that table send them to
 //!   the VPN gateway's private side. one_box: no rule; the kernel routes them to the local IPsec stack.
@@ -69,8 +69,8 @@ impl KernelState {
         let networks = home_networks(file);
         let pins = home_agent_pins(file, &networks, &d.tun);
 
-        let tun = open_tun(&d.tun, d.tun_mtu)?;
-        let ha_tun = open_tun(&d.ha_tun, d.tun_mtu)?;
+        let tun = open_tun(&d.tun, d.tun_mtu())?;
+        let ha_tun = open_tun(&d.ha_tun, d.tun_mtu())?;
         let mut state = KernelState {
             tun,
             ha_tun,
