@@ -1,9 +1,12 @@
 //! Logging set-up for the daemons: `tracing` with a `RUST_LOG`-style filter (default `info`), plain text or JSON
-//! lines, written to stderr by a background thread.
+//! lines, written to stderr by a background thread. Text lines are coloured only when stderr is a terminal, so a
+//! log redirected to a file or a pipe carries no ANSI escape codes.
 //!
 //! Logging never blocks the caller: events go through a bounded in-memory queue to the writer thread, and when
 //! the queue is full (stderr stalled) lines are dropped rather than waited for. The data path logs nothing per
 //! packet anyway (counters only); this protects the control path from a slow log sink.
+
+use std::io::IsTerminal;
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
@@ -37,8 +40,9 @@ fn fallback(default: &str) -> EnvFilter {
     EnvFilter::try_new(default).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// Installs the global subscriber: filter from `RUST_LOG` (default `info`), JSON lines when `json`. A second call
-/// (or a subscriber installed elsewhere) leaves the first in place.
+/// Installs the global subscriber: filter from `RUST_LOG` (default `info`), JSON lines when `json`, text lines
+/// with colours only when stderr is a terminal. A second call (or a subscriber installed elsewhere) leaves the
+/// first in place.
 pub fn init(json: bool) -> LogGuard {
     init_with(json, "info")
 }
@@ -51,7 +55,10 @@ pub fn init_with(json: bool, default_filter: &str) -> LogGuard {
         .buffered_lines_limit(QUEUE_LINES)
         .thread_name("mip-log")
         .finish(std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(std::io::stderr().is_terminal());
     let installed = if json {
         builder
             .json()
@@ -82,6 +89,44 @@ mod tests {
         tracing::info!(answer = 42, "logging works");
         drop(g2);
         drop(g1);
+    }
+
+    /// Set in the child process of `text_logs_to_a_file_have_no_colour_codes`.
+    const CHILD: &str = "MIP_IO_LOGGING_TEST_CHILD";
+
+    /// Only does something in the child: logs one text line to stderr (a file there).
+    #[test]
+    fn log_one_text_line_if_child() {
+        if std::env::var_os(CHILD).is_some() {
+            let g = init(false);
+            tracing::warn!(answer = 42, "colour check");
+            drop(g);
+        }
+    }
+
+    #[test]
+    fn text_logs_to_a_file_have_no_colour_codes() {
+        let path = std::env::temp_dir().join(format!("mip-io-log-{}.txt", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "logging::tests::log_one_text_line_if_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .status()
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).ok();
+        assert!(status.success(), "child failed:\n{text}");
+        assert!(text.contains("colour check"), "the line was not logged:\n{text}");
+        assert!(!text.contains('\x1b'), "ANSI escape codes in a log file:\n{text:?}");
     }
 
     #[test]
