@@ -5,6 +5,9 @@
 //! service's next timer (at most [`MAX_WAIT`], so a changed keys file is noticed within a second), hand ready
 //! tokens to the service, answer admin requests, reload keys on SIGHUP or change (state kept), and stop on
 //! SIGTERM: `/readyz` turns false first, then the service's [`Service::shutdown`] runs, then the process exits.
+//!
+//! The signal handlers are installed before anything else, so a SIGTERM during start-up (while `build` installs
+//! kernel state) is held until `build` returns; the service is then shut down at once, without serving.
 
 use std::io;
 use std::net::SocketAddr;
@@ -109,12 +112,15 @@ impl Stats {
 }
 
 /// Runs a daemon until SIGTERM. `build` creates the service once the keys are loaded. Returns an error message
-/// for start-up failures (the caller prints it and exits non-zero).
+/// for start-up failures (the caller prints it and exits non-zero). A SIGTERM or SIGINT that arrives before the
+/// loop starts (during `build`, say) ends the run as soon as `build` returns, with [`Service::shutdown`].
 pub fn run<S: Service>(
     keys_file: &Path,
     admin: SocketAddr,
     build: impl FnOnce(&Context) -> Result<S, String>,
 ) -> Result<(), String> {
+    // First: a TERM from here on must not kill the process halfway through installing kernel state.
+    let mut signals = Signals::install().map_err(|e| format!("signal handlers: {e}"))?;
     let mut watcher = KeysWatcher::new(keys_file);
     let keys = watcher.load()?;
     let metrics = Arc::new(Registry::new());
@@ -125,10 +131,18 @@ pub fn run<S: Service>(
         clock,
         keys,
     };
+    if signals.terminate_requested() {
+        tracing::info!("terminating before start-up");
+        return Ok(());
+    }
     let mut service = build(&ctx)?;
+    if signals.terminate_requested() {
+        tracing::info!("terminating during start-up");
+        service.shutdown();
+        return Ok(());
+    }
 
     let mut poll = Poll::new().map_err(|e| format!("event loop: {e}"))?;
-    let mut signals = Signals::install().map_err(|e| format!("signal handlers: {e}"))?;
     poll.registry()
         .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
         .map_err(|e| format!("event loop: {e}"))?;
@@ -194,4 +208,72 @@ pub fn run<S: Service>(
     stats.up.set(0);
     server.shutdown();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::mpsc;
+
+    /// Records its shutdown; registers nothing.
+    struct Probe {
+        shut_down: Arc<AtomicBool>,
+    }
+
+    impl Service for Probe {
+        fn register(&mut self, _: &MioRegistry) -> io::Result<()> {
+            Ok(())
+        }
+        fn ready(&mut self, _: Token, _: Now) {}
+        fn tick(&mut self, _: Now) {}
+        fn next_timer(&mut self) -> Option<Instant> {
+            None
+        }
+        fn set_keys(&mut self, _: KeyStore) {}
+        fn bindings_json(&self) -> String {
+            "[]".into()
+        }
+        fn shutdown(&mut self) {
+            self.shut_down.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A SIGTERM while `build` runs (installing kernel state, in a real daemon) neither kills the process nor is
+    /// lost: `run` returns once `build` is done, after the service's shutdown.
+    #[test]
+    fn sigterm_during_build_shuts_the_service_down_after_build() {
+        let _signals = crate::signal_lock();
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys.yaml");
+        std::fs::write(
+            &keys,
+            "security_associations:\n  - home_address: 10.10.1.50\n    spi: 256\n    key: \"000102030405060708090a0b0c0d0e0f\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let shut_down = Arc::new(AtomicBool::new(false));
+        let built = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        {
+            let (shut_down, built) = (Arc::clone(&shut_down), Arc::clone(&built));
+            std::thread::spawn(move || {
+                let r = run(&keys, SocketAddr::from(([127, 0, 0, 1], 0)), |_ctx| {
+                    signal_hook::low_level::raise(libc::SIGTERM).unwrap();
+                    // Still building after the signal: the process must survive until build returns.
+                    std::thread::sleep(Duration::from_millis(50));
+                    built.store(true, Ordering::SeqCst);
+                    Ok(Probe { shut_down })
+                });
+                tx.send(r).ok();
+            });
+        }
+        let r = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("run did not return after a SIGTERM during build");
+        assert_eq!(r, Ok(()));
+        assert!(built.load(Ordering::SeqCst), "build ran to its end");
+        assert!(shut_down.load(Ordering::SeqCst), "shutdown ran");
+        drop(dir);
+    }
 }
