@@ -23,7 +23,7 @@ use std::sync::Arc;
 use mip::binding::Encapsulation;
 use mip::dataplane::{DataDrop, DataPlane};
 use mip::roles::DropReason;
-use mip::wire::{ErrorKind, ReplyCode};
+use mip::wire::ReplyCode;
 use mip_io::metrics::{Counter, DropCounters, Gauge, Histogram, LATENCY_BUCKETS, MetricsError, Registry};
 
 const REGISTRATIONS: &str = "Registration replies sent to mobile nodes, by reply code.";
@@ -31,37 +31,6 @@ const DROPS: &str = "Inputs dropped, by path and reason.";
 const PACKETS: &str = "Packets through the tunnels toward mobile nodes.";
 const BYTES: &str = "Inner packet bytes through the tunnels toward mobile nodes.";
 const SEND_ERRORS: &str = "Datagrams or packets the kernel refused to send, by socket.";
-
-/// Every control-plane drop reason the proxy can report, so each series exists from the start.
-const CONTROL_DROPS: &[DropReason] = &[
-    DropReason::Malformed(ErrorKind::Truncated),
-    DropReason::Malformed(ErrorKind::WrongType(0)),
-    DropReason::Malformed(ErrorKind::ExtensionTruncated(0)),
-    DropReason::Malformed(ErrorKind::ExtensionLength(0, 0)),
-    DropReason::Malformed(ErrorKind::UnknownNonSkippable(0)),
-    DropReason::Malformed(ErrorKind::BadChecksum),
-    DropReason::Malformed(ErrorKind::BadVersion),
-    DropReason::Malformed(ErrorKind::BadHeaderLength),
-    DropReason::Malformed(ErrorKind::BadLength),
-    DropReason::Malformed(ErrorKind::BadValue),
-    DropReason::Malformed(ErrorKind::BufferTooSmall),
-    DropReason::UnexpectedMessage,
-    DropReason::NoAuthExtension,
-    DropReason::NoSecurityAssociation,
-    DropReason::NoIdentity,
-    DropReason::BadAuthenticator,
-    DropReason::UnknownFaHaSpi,
-    DropReason::BadReplyAuthentication,
-    DropReason::NoPendingRequest,
-    DropReason::IdentificationMismatch,
-    DropReason::UnknownHomeAgent,
-    DropReason::PendingTimeout,
-    DropReason::PendingFull,
-    DropReason::BindingRefused,
-    DropReason::UnexpectedKeepalive,
-    DropReason::StaleIcmpError,
-    DropReason::RateLimited,
-];
 
 /// Reply codes registered at start: acceptance and every code the proxy itself generates or relays often.
 const REPLY_CODES: &[ReplyCode] = &[
@@ -177,7 +146,7 @@ impl ProxyMetrics {
             let c = u8::from(*code);
             registrations.insert(c, registration_counter(r, c)?);
         }
-        let control: Vec<&'static str> = CONTROL_DROPS.iter().map(|d| d.as_str()).collect();
+        let control: Vec<&'static str> = DropReason::ALL.iter().map(|d| d.as_str()).collect();
         let data: Vec<&'static str> = DataDrop::ALL.iter().map(|d| d.as_str()).collect();
         let control_drops =
             r.drop_counters_with("mip_drops_total", DROPS, &[("path", "control")], "reason", &control)?;
@@ -312,6 +281,7 @@ mod tests {
 
     use super::*;
     use mip::dataplane::DataPlaneConfig;
+    use mip::wire::ErrorKind;
 
     fn metrics() -> (Arc<Registry>, ProxyMetrics) {
         let registry = Arc::new(Registry::new());
@@ -348,6 +318,20 @@ mod tests {
             "mip_icmp_relayed_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_drop_reason_is_registered_at_zero() {
+        let (registry, _m) = metrics();
+        let text = registry.render();
+        for r in DropReason::ALL {
+            let line = format!("mip_drops_total{{path=\"control\",reason=\"{}\"}} 0", r.as_str());
+            assert!(text.lines().any(|l| l == line), "missing `{line}`");
+        }
+        for d in DataDrop::ALL {
+            let line = format!("mip_drops_total{{path=\"data\",reason=\"{}\"}} 0", d.as_str());
+            assert!(text.lines().any(|l| l == line), "missing `{line}`");
         }
     }
 

@@ -107,6 +107,38 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// Every reason, one per label ([`DropReason::Malformed`] once per [`ErrorKind::ALL`] entry): for
+    /// pre-registering drop counters at 0.
+    pub const ALL: [DropReason; 27] = [
+        DropReason::Malformed(ErrorKind::ALL[0]),
+        DropReason::Malformed(ErrorKind::ALL[1]),
+        DropReason::Malformed(ErrorKind::ALL[2]),
+        DropReason::Malformed(ErrorKind::ALL[3]),
+        DropReason::Malformed(ErrorKind::ALL[4]),
+        DropReason::Malformed(ErrorKind::ALL[5]),
+        DropReason::Malformed(ErrorKind::ALL[6]),
+        DropReason::Malformed(ErrorKind::ALL[7]),
+        DropReason::Malformed(ErrorKind::ALL[8]),
+        DropReason::Malformed(ErrorKind::ALL[9]),
+        DropReason::Malformed(ErrorKind::ALL[10]),
+        DropReason::UnexpectedMessage,
+        DropReason::NoAuthExtension,
+        DropReason::NoSecurityAssociation,
+        DropReason::NoIdentity,
+        DropReason::BadAuthenticator,
+        DropReason::UnknownFaHaSpi,
+        DropReason::BadReplyAuthentication,
+        DropReason::NoPendingRequest,
+        DropReason::IdentificationMismatch,
+        DropReason::UnknownHomeAgent,
+        DropReason::PendingTimeout,
+        DropReason::PendingFull,
+        DropReason::BindingRefused,
+        DropReason::UnexpectedKeepalive,
+        DropReason::StaleIcmpError,
+        DropReason::RateLimited,
+    ];
+
     /// Stable label for counters.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -208,4 +240,66 @@ pub struct BindingChange {
     pub nai: Option<Box<str>>,
     /// The binding as it is now (for `Removed`/`Expired`: as it was).
     pub binding: Binding,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A distinct number per variant (and per [`ErrorKind`] variant inside `Malformed`). No wildcard arm: a new
+    /// variant does not compile here until it gets a number, and then `ALL` must list it.
+    fn position(r: DropReason) -> usize {
+        match r {
+            DropReason::Malformed(k) => match k {
+                ErrorKind::Truncated => 0,
+                ErrorKind::WrongType(_) => 1,
+                ErrorKind::ExtensionTruncated(_) => 2,
+                ErrorKind::ExtensionLength(..) => 3,
+                ErrorKind::UnknownNonSkippable(_) => 4,
+                ErrorKind::BadChecksum => 5,
+                ErrorKind::BadVersion => 6,
+                ErrorKind::BadHeaderLength => 7,
+                ErrorKind::BadLength => 8,
+                ErrorKind::BadValue => 9,
+                ErrorKind::BufferTooSmall => 10,
+            },
+            DropReason::UnexpectedMessage => 11,
+            DropReason::NoAuthExtension => 12,
+            DropReason::NoSecurityAssociation => 13,
+            DropReason::NoIdentity => 14,
+            DropReason::BadAuthenticator => 15,
+            DropReason::UnknownFaHaSpi => 16,
+            DropReason::BadReplyAuthentication => 17,
+            DropReason::NoPendingRequest => 18,
+            DropReason::IdentificationMismatch => 19,
+            DropReason::UnknownHomeAgent => 20,
+            DropReason::PendingTimeout => 21,
+            DropReason::PendingFull => 22,
+            DropReason::BindingRefused => 23,
+            DropReason::UnexpectedKeepalive => 24,
+            DropReason::StaleIcmpError => 25,
+            DropReason::RateLimited => 26,
+        }
+    }
+    /// One more than the largest number `position` gives.
+    const VARIANTS: usize = 27;
+
+    #[test]
+    fn all_lists_every_drop_reason_once_with_distinct_labels() {
+        let mut seen = [false; VARIANTS];
+        for r in DropReason::ALL {
+            let i = position(r);
+            assert!(!seen[i], "{r:?} listed twice");
+            seen[i] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "missing from ALL: {seen:?}");
+        let mut labels: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), VARIANTS, "every reason has its own label");
+        assert_eq!(
+            ErrorKind::ALL.map(|k| position(DropReason::Malformed(k))),
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+        );
+    }
 }

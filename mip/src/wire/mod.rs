@@ -66,6 +66,21 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind (fields zero), one per label: for pre-registering counters.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::Truncated,
+        ErrorKind::WrongType(0),
+        ErrorKind::ExtensionTruncated(0),
+        ErrorKind::ExtensionLength(0, 0),
+        ErrorKind::UnknownNonSkippable(0),
+        ErrorKind::BadChecksum,
+        ErrorKind::BadVersion,
+        ErrorKind::BadHeaderLength,
+        ErrorKind::BadLength,
+        ErrorKind::BadValue,
+        ErrorKind::BufferTooSmall,
+    ];
+
     /// Stable label for counters and logs.
     pub const fn as_str(self) -> &'static str {
         match self {
