@@ -111,6 +111,11 @@ pub enum Class {
     BareIke,
     /// NAT-T keepalive outside the tunnel.
     BareKeepalive,
+    /// An ICMP error about a Mobile IP tunnel packet (it quotes an IP-in-IP or UDP/434 packet, whose inner
+    /// part is what the tunnel carried): tunnel control traffic (RFC 2003 §4), no inner packet in clear.
+    TunnelIcmpError,
+    /// Link-local multicast (224.0.0.0/24: agent solicitations, IGMP), never forwarded beyond the first hop.
+    LinkLocal,
     /// ICMP.
     Icmp,
     /// TCP.
@@ -123,6 +128,26 @@ pub enum Class {
     Fragment,
     /// Not IPv4 (ARP, ...).
     NonIp,
+}
+
+impl Class {
+    /// A Mobile IP message or tunnel packet (UDP/434 or IP-in-IP), whatever it carries.
+    pub fn is_mip(self) -> bool {
+        matches!(
+            self,
+            Class::MipRrq
+                | Class::MipRrp
+                | Class::MipDataEsp
+                | Class::MipDataIke
+                | Class::MipDataKeepalive
+                | Class::MipKeepalive
+                | Class::MipDataOther
+                | Class::MipOther
+                | Class::IpipEsp
+                | Class::IpipIke
+                | Class::IpipOther
+        )
+    }
 }
 
 /// Counts per class.
@@ -158,6 +183,10 @@ pub struct Classification {
     pub bare_ike: u64,
     /// [`Class::BareKeepalive`].
     pub bare_keepalive: u64,
+    /// [`Class::TunnelIcmpError`].
+    pub tunnel_icmp_error: u64,
+    /// [`Class::LinkLocal`].
+    pub link_local: u64,
     /// [`Class::Icmp`].
     pub icmp: u64,
     /// [`Class::Tcp`].
@@ -191,6 +220,8 @@ impl Classification {
             Class::BareEsp => &mut self.bare_esp,
             Class::BareIke => &mut self.bare_ike,
             Class::BareKeepalive => &mut self.bare_keepalive,
+            Class::TunnelIcmpError => &mut self.tunnel_icmp_error,
+            Class::LinkLocal => &mut self.link_local,
             Class::Icmp => &mut self.icmp,
             Class::Tcp => &mut self.tcp,
             Class::UdpOther => &mut self.udp_other,
@@ -295,8 +326,25 @@ fn classify_inner(ip: &[u8]) -> Option<Class> {
         return Some(Class::Fragment);
     }
     let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    if ip.get(16..19)? == [224, 0, 0] {
+        return Some(Class::LinkLocal);
+    }
     match *ip.get(9)? {
-        1 => return Some(Class::Icmp),
+        1 => {
+            let icmp = ip.get(ihl..)?;
+            let error = matches!(icmp.first(), Some(3 | 4 | 5 | 11 | 12));
+            let quoted = icmp.get(8..).unwrap_or_default();
+            let tunnel = match classify_inner(quoted) {
+                Some(c) => c.is_mip(),
+                // A quote too short to classify, but of an IP-in-IP packet.
+                None => quoted.get(9) == Some(&4),
+            };
+            return Some(if error && tunnel {
+                Class::TunnelIcmpError
+            } else {
+                Class::Icmp
+            });
+        }
         4 => {
             let inner = ip.get(ihl..)?;
             return Some(match ipsec_kind(inner) {

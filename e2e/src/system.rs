@@ -339,6 +339,27 @@ pub fn wait_registered_at(lab: &Lab, coa: Ipv4Addr, timeout: Duration) -> Result
     Ok(start.elapsed())
 }
 
+/// Waits until the MN is registered on `access`: attached through that network's interface, with its care-of
+/// address (C1 and C2 share the address, so the interface tells a fresh registration from the previous one);
+/// returns the time it took.
+pub fn wait_registered_on(lab: &Lab, access: Access, timeout: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    let coa = care_of_address(access).to_string();
+    poll_until(
+        &format!("the MN to be registered on {access} ({coa} via {})", access.iface()),
+        timeout,
+        Duration::from_millis(2),
+        || {
+            let v = mn_state(lab)?;
+            Ok((v["state"] == "registered"
+                && v["care_of_address"] == coa.as_str()
+                && v["attachment"]["device"] == access.iface())
+            .then_some(()))
+        },
+    )?;
+    Ok(start.elapsed())
+}
+
 /// The care-of address the MN registers on each access network.
 pub fn care_of_address(access: Access) -> Ipv4Addr {
     match access {

@@ -286,6 +286,28 @@ fn capture_classifier_on_a_known_pcap() {
     assert_eq!(capture::classify_ipv4(&ipip(&frames[9])), Class::IpipIke);
     assert_eq!(capture::classify_ipv4(&ipip(&frames[12])), Class::IpipOther);
     assert_eq!(capture::classify_ipv4(&tunnel(echo)), Class::MipKeepalive);
+    // An ICMP error quoting a tunnel packet is tunnel control; quoting anything else it stays plain ICMP.
+    let icmp_error = |quoted: &[u8]| {
+        let mut p = ipv4_udp_packet(a(mn, 1), a(proxy, 1), &[]);
+        p.truncate(20);
+        p[9] = 1;
+        p.extend([3, 2, 0, 0, 0, 0, 0, 0]);
+        p.extend_from_slice(quoted);
+        p
+    };
+    assert_eq!(
+        capture::classify_ipv4(&icmp_error(&ipip(&frames[8]))),
+        Class::TunnelIcmpError
+    );
+    assert_eq!(
+        capture::classify_ipv4(&icmp_error(&frames[2][..40])),
+        Class::TunnelIcmpError
+    );
+    assert_eq!(capture::classify_ipv4(&icmp_error(&frames[12])), Class::Icmp);
+    // Link-local multicast (agent solicitations, IGMP) never leaves the access link.
+    let mut solicitation = ipv4_udp_packet(a(mn, 1), a([224, 0, 0, 11], 1), &[10, 0, 0, 0, 0, 0, 0, 0]);
+    solicitation[9] = 1;
+    assert_eq!(capture::classify_ipv4(&solicitation), Class::LinkLocal);
     // Wireshark's dissectors agree.
     assert_eq!(capture::tshark_count(&pcap, "mip.type == 1").unwrap(), 1);
     assert_eq!(capture::tshark_count(&pcap, "mip.type == 3").unwrap(), 1);
