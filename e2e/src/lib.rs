@@ -20,6 +20,7 @@ pub mod plan;
 pub mod probe;
 pub mod strongswan;
 pub mod system;
+pub mod throughput;
 pub mod topology;
 
 pub use cmd::ProcessGuard;

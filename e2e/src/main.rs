@@ -7,6 +7,7 @@
 //! e2e echo [--port 9000]                           UDP echo server (run inside ns cn by the lab)
 //! e2e classify FILE.pcap                           count a capture's frames by class (JSON)
 //! e2e bench handoff --json OUT [--runs 10] [--only baseline|mip-proxy|all]
+//! e2e bench throughput --json OUT [--seconds 5] [--runs 5] [--only all|tcp|forwarding]
 //! ```
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use mip_e2e::bench::{self, BenchOptions, Only};
+use mip_e2e::throughput::{self, ThroughputOptions};
 use mip_e2e::{Lab, LabOptions, Mode, capture, delay, probe, topology};
 
 #[derive(Debug, Parser)]
@@ -114,6 +116,29 @@ enum BenchCmd {
         #[arg(long, default_value_t = 4000)]
         dwell_ms: u64,
     },
+    /// TCP MN -> CN through proxy+VPN against the VPN alone, and raw proxy forwarding (packets/s) against
+    /// kernel forwarding; medians of interleaved runs and their ratios.
+    Throughput {
+        /// Where to write the JSON result.
+        #[arg(long)]
+        json: PathBuf,
+        /// Length of each measurement (TCP transfer, forwarding window), seconds.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Interleaved runs (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// What to measure.
+        #[arg(long, value_enum, default_value_t = ThroughputOnlyArg::All)]
+        only: ThroughputOnlyArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ThroughputOnlyArg {
+    All,
+    Tcp,
+    Forwarding,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -246,6 +271,31 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(d) = details {
                 std::fs::write(&d, report.details_json()).with_context(|| format!("writing {}", d.display()))?;
             }
+            println!("{}", report.table());
+            println!("wrote {}", json.display());
+        }
+        Command::Bench {
+            which:
+                BenchCmd::Throughput {
+                    json,
+                    seconds,
+                    runs,
+                    only,
+                },
+        } => {
+            let opts = ThroughputOptions {
+                seconds,
+                runs,
+                only: match only {
+                    ThroughputOnlyArg::All => throughput::Only::All,
+                    ThroughputOnlyArg::Tcp => throughput::Only::Tcp,
+                    ThroughputOnlyArg::Forwarding => throughput::Only::Forwarding,
+                },
+                stop: stop_flag()?,
+                ..ThroughputOptions::default()
+            };
+            let report = throughput::bench_throughput(&opts, &mut |line| eprintln!("{line}"))?;
+            std::fs::write(&json, report.to_json()).with_context(|| format!("writing {}", json.display()))?;
             println!("{}", report.table());
             println!("wrote {}", json.display());
         }
