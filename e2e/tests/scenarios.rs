@@ -497,4 +497,28 @@ fn two_box_bad_input_on_every_listening_port_is_dropped_and_counted() {
     let (coa, encap, endpoint) = expected_binding(Access::A);
     assert_eq!(e.proxy_binding(), (coa, encap.to_owned(), endpoint));
     e.check_traffic("after bad input");
+
+    // The visited side of FA 1: the MN's link (UDP 434 bound to the visited interface, agent solicitations),
+    // and the MN's own ICMP socket (agent advertisements) from a stranger on the Internet side.
+    let mn_drops = drops(&e, "mn");
+    for icmp in [
+        vec![9u8, 0],
+        vec![9, 0, 0, 0, 1, 0, 0, 0],
+        vec![9, 0, 0, 0, 1, 2, 0, 3, 198, 51, 100, 99],
+    ] {
+        send_raw(&e.lab, "inet", 1, care_of_address(Access::A), &icmp);
+    }
+    e.hand_off(Access::B);
+    let fa_drops = drops(&e, "fa1");
+    for g in &garbage {
+        send_udp(&e.lab, "mn", SocketAddrV4::new(plan::FA1_VISITED, 434), g);
+    }
+    for icmp in [vec![10u8, 0], vec![10, 0, 0, 0], vec![10, 1, 0xff, 0xff, 0, 0, 0, 0, 1]] {
+        send_raw(&e.lab, "mn", 1, plan::FA1_VISITED, &icmp);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(drops(&e, "fa1") > fa_drops, "FA 1 counted the visited-side garbage");
+    assert!(drops(&e, "mn") > mn_drops, "the MN counted the forged advertisements");
+    assert!(e.sys.fas.iter_mut().all(ProcessGuard::is_running) && e.sys.mn.is_running());
+    e.check_traffic("after bad input on the visited side");
 }
