@@ -7,8 +7,8 @@
 //! waits until the MN is registered and brings the VPN up through the Mobile IP tunnel. Every process is a
 //! [`ProcessGuard`] recorded with the lab, so a failing test still stops them all.
 //!
-//! The configurations are the shipped defaults of `deploy/config/*.yaml` except where the lab needs otherwise;
-//! each such line says why.
+//! The configurations are the shipped defaults of `deploy/config/*.yaml` (TUN MTUs 1468 = path MTU − 32, lab
+//! FINDINGS pitfall 4) except where the lab needs otherwise; each such line says why.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -414,8 +414,6 @@ dataplane:
   vpn_gateways: [{gw}]
 {private}  tun: mipp0
   ha_tun: mipp1
-  # Path MTU 1500 minus the 32 bytes of outer IPv4 + UDP + tunnel header (lab FINDINGS pitfall 4).
-  tun_mtu: 1468
 {daemon}",
         public = plan::PROXY_PUBLIC,
         private_addr = plan::PROXY_PRIVATE,
@@ -433,7 +431,6 @@ dataplane:
   home_networks: [{home}]
 dataplane:
   tun: miph0
-  tun_mtu: 1468
 {daemon}",
         ha = plan::HA_HOME,
         home = plan::HOME_NET,
@@ -450,7 +447,6 @@ dataplane:
   lifetime: {lifetime}
 dataplane:
   tun: mip0
-  tun_mtu: 1468
   tunnelled: [{gw}/32]
 {daemon}",
         hoa = plan::HOA,
@@ -478,7 +474,6 @@ dataplane:
 dataplane:
   visited_interface: mn
   tun: mipf0
-  tun_mtu: 1468
 {daemon}",
             daemon = daemon_section(keys),
         );

@@ -131,6 +131,22 @@ impl Env {
         )
     }
 
+    /// Where both charon logs end now.
+    fn ike_cursors(&self) -> (u64, u64) {
+        (self.sys.client.log_cursor(), self.sys.gateway.log_cursor())
+    }
+
+    /// Neither charon logged an IKE message since `cursors`.
+    fn assert_no_ike(&self, cursors: (u64, u64), what: &str) {
+        let mn = self.sys.client.ike_counts_since(cursors.0).unwrap();
+        let gw = self.sys.gateway.ike_counts_since(cursors.1).unwrap();
+        assert_eq!(
+            (mn.messages(), gw.messages()),
+            (0, 0),
+            "IKE during {what}: {mn:?} {gw:?}"
+        );
+    }
+
     fn metrics(&self, ns: &str) -> String {
         admin_get(&self.ns(ns), "/metrics").unwrap()
     }
@@ -175,7 +191,7 @@ fn scenarios(mode: Mode, accesses: &[Access]) {
     let pcap = e.lab.run_dir().join("inet.pcap");
     let cap = Capture::start(&e.lab, "inet", "any", "", &pcap).unwrap();
     let before = e.sas();
-    let cursors = (e.sys.client.log_cursor(), e.sys.gateway.log_cursor());
+    let cursors = e.ike_cursors();
     for (i, &access) in accesses.iter().enumerate() {
         if i > 0 || e.lab.attached() != Some(access) {
             let (reg, back) = e.hand_off(access);
@@ -204,15 +220,7 @@ fn scenarios(mode: Mode, accesses: &[Access]) {
     // Wireshark agrees that no TCP and no bare ESP crossed the Internet side.
     assert_eq!(capture::tshark_count(&pcap, "tcp || ip.proto == 50").unwrap(), 0);
     assert_same_sas(&before, &e.sas(), &format!("{mode:?} scenarios"));
-    let (mn, gw) = (
-        e.sys.client.ike_counts_since(cursors.0).unwrap(),
-        e.sys.gateway.ike_counts_since(cursors.1).unwrap(),
-    );
-    assert_eq!(
-        (mn.messages(), gw.messages()),
-        (0, 0),
-        "IKE during the scenarios: {mn:?} {gw:?}"
-    );
+    e.assert_no_ike(cursors, "the scenarios");
 }
 
 #[test]
@@ -235,7 +243,7 @@ fn two_box_hand_offs_between_every_pair_keep_the_same_sas() {
     let circuit = [A, C1, B, C1, C2, C1, D, A, B, A, C2, A, D, B, C2, B, D, C2, D, C1];
     let mut pairs = std::collections::BTreeSet::new();
     let before = e.sas();
-    let cursors = (e.sys.client.log_cursor(), e.sys.gateway.log_cursor());
+    let cursors = e.ike_cursors();
     let mut from = C1;
     for to in circuit {
         let (reg, back) = e.hand_off(to);
@@ -251,15 +259,7 @@ fn two_box_hand_offs_between_every_pair_keep_the_same_sas() {
     assert_eq!(pairs.len(), 20, "every ordered pair of 5 networks");
     e.check_traffic("after 20 hand-offs");
     assert_same_sas(&before, &e.sas(), "20 hand-offs");
-    let (mn, gw) = (
-        e.sys.client.ike_counts_since(cursors.0).unwrap(),
-        e.sys.gateway.ike_counts_since(cursors.1).unwrap(),
-    );
-    assert_eq!(
-        (mn.messages(), gw.messages()),
-        (0, 0),
-        "IKE during hand-offs: {mn:?} {gw:?}"
-    );
+    e.assert_no_ike(cursors, "hand-offs");
 }
 
 /// C1 ↔ C2: the MN keeps its address (192.168.1.10) and gateway address; only the NAT (public address, MAC)
