@@ -709,11 +709,11 @@ dataplane:
                 RegisterResult::Timeout => Err(Error::Usage("registration: no reply from mip-proxy".into())),
             }
         })?;
-        let granted = v["tunnel"]["type"].as_str().unwrap_or_default();
-        if granted != tunnel.name() {
+        let field = |k: &str| v.pointer(&format!("/tunnel/{k}")).cloned().unwrap_or_default();
+        if field("type").as_str() != Some(tunnel.name()) {
             return Err(Error::Usage(format!("asked for a {} tunnel, got {v}", tunnel.name())));
         }
-        let port = v["tunnel"]["local_port"]
+        let port = field("local_port")
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or(0);
