@@ -84,6 +84,15 @@ const ALL_MOBILITY_AGENTS: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 11);
 /// Solicitations the daemon sends by itself (at device changes) are at most this frequent (RFC 5944 §2.4).
 const SOLICIT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Care-of addresses remembered with the tunnel type they got (see `Core::provisional_session`).
+const TUNNEL_MEMORY: usize = 64;
+
+/// Whether a care-of address is private (RFC 1918) or shared (RFC 6598), i.e. most likely behind a NAT.
+pub fn behind_nat(a: Ipv4Addr) -> bool {
+    let [x, y, ..] = a.octets();
+    a.is_private() || (x == 100 && (64..128).contains(&y))
+}
+
 /// Drop reasons of packets read from the TUN: `mip_drops_total{path="up"}`.
 const UP_REASONS: &[&str] = &[
     "malformed",
@@ -311,6 +320,8 @@ struct Core {
     last_solicit: Option<Instant>,
     attached_once: bool,
     session: Option<Session>,
+    /// Per co-located care-of address: whether the last registration from it got a UDP tunnel.
+    tunnel_memory: HashMap<Ipv4Addr, bool>,
     routes: RouteMode,
     keepalive_seq: u16,
     ident: u16,
@@ -416,6 +427,7 @@ impl MnService {
             last_solicit: None,
             attached_once: false,
             session: None,
+            tunnel_memory: HashMap::new(),
             routes: RouteMode::Absent,
             keepalive_seq: 0,
             ident: 0,
@@ -636,6 +648,13 @@ impl Core {
     }
 
     fn registered(&mut self, care_of_address: Ipv4Addr, tunnel: MnTunnel, lifetime: u16) {
+        if !matches!(tunnel, MnTunnel::ForeignAgent { .. }) {
+            if self.tunnel_memory.len() >= TUNNEL_MEMORY {
+                self.tunnel_memory.clear();
+            }
+            self.tunnel_memory
+                .insert(care_of_address, matches!(tunnel, MnTunnel::Udp { .. }));
+        }
         self.session = Some(Session {
             care_of_address,
             tunnel,
@@ -650,6 +669,62 @@ impl Core {
             MnTunnel::IpIp { .. } | MnTunnel::Udp { .. } => RouteMode::Tun,
         };
         self.apply_routes(mode);
+    }
+
+    /// A hand-off to a new co-located care-of address while a registration is in force: until the reply to the
+    /// new request arrives, the uplink already leaves from the new address, in the encapsulation the agent is
+    /// expected to choose (what it chose for this care-of address last time; else RFC 3519 UDP for a private
+    /// address, which is behind a NAT, and IP-in-IP for a public one). The request goes out first (it is sent
+    /// while the node handles the attachment, before the next packet is read from the TUN), and the agent moves
+    /// the binding when the request arrives, so the packets that follow it get through: the hand-off costs the
+    /// uplink nothing instead of one round trip to the agent. Downlink packets are accepted from the tunnel peer
+    /// in either encapsulation anyway. A wrong guess only costs what waiting for the reply would have cost; a
+    /// denied request ends the provisional session like any other ([`MnOutput::Deregistered`] on expiry).
+    fn provisional_session(&mut self, att: Attachment) {
+        let Attachment::CoLocated { care_of_address, .. } = att else {
+            return;
+        };
+        let Some(old) = self.session else {
+            return;
+        };
+        if old.care_of_address == care_of_address && !matches!(old.tunnel, MnTunnel::ForeignAgent { .. }) {
+            // Same address (another NAT, lab C1 <-> C2): the session in force already sends from it.
+            return;
+        }
+        let peer = old.peer().unwrap_or(self.home_agent);
+        let cfg = &self.node.config().udp_tunnelling;
+        let udp = cfg.enabled
+            && (cfg.force
+                || self
+                    .tunnel_memory
+                    .get(&care_of_address)
+                    .copied()
+                    .unwrap_or_else(|| behind_nat(care_of_address)));
+        let tunnel = if udp {
+            let (port, keepalive_secs) = match old.tunnel {
+                MnTunnel::Udp {
+                    peer, keepalive_secs, ..
+                } => (peer.port(), keepalive_secs),
+                _ => (MIP_PORT, cfg.default_keepalive),
+            };
+            MnTunnel::Udp {
+                local_port: self.udp.local_addr().port(),
+                peer: SocketAddrV4::new(peer, port),
+                keepalive_secs,
+            }
+        } else {
+            MnTunnel::IpIp {
+                local: care_of_address,
+                peer,
+            }
+        };
+        tracing::debug!(care_of_address = %care_of_address, udp, "provisional uplink until the reply");
+        self.session = Some(Session {
+            care_of_address,
+            tunnel,
+            lifetime: old.lifetime,
+        });
+        self.apply_routes(RouteMode::Tun);
     }
 
     fn deregistered(&mut self) {
@@ -785,6 +860,7 @@ impl Core {
                     }
                     Attachment::Home => tracing::info!(dev, "attached (home)"),
                 }
+                self.provisional_session(att);
                 self.feed(now, MnInput::Attached(att));
             }
             LinkEvent::GatewayChanged { mac, learned } => {
