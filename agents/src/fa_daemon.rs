@@ -88,6 +88,7 @@ use mip_io::metrics::{Counter, DropCounters, Gauge, MetricsError, Registry};
 use mip_io::net::{self, NetError, Route, Rule};
 use mip_io::socket::{RawSocket, UdpOptions, UdpSocket};
 use mip_io::tun::Tun;
+use mip_io::watch::NetWatcher;
 
 /// How long a request from a node whose MAC is not yet in the neighbour table waits for it.
 pub const LINK_WAIT: Duration = Duration::from_secs(1);
@@ -113,6 +114,8 @@ const SOLICIT: Token = Token(FIRST_SERVICE_TOKEN + 2);
 const TUN: Token = Token(FIRST_SERVICE_TOKEN + 3);
 /// Network sockets (routed address, then the other care-of addresses) take tokens from here.
 const NETWORK: usize = FIRST_SERVICE_TOKEN + 4;
+/// Neighbour-table changes (far above the network sockets' range).
+const NEIGH: Token = Token(NETWORK + 1_000_000);
 
 /// Control-plane drop reason of a request whose sender's MAC could not be found.
 pub const NO_LINK_ADDRESS: &str = "no_link_address";
@@ -1049,6 +1052,9 @@ struct Core {
     /// Where one outgoing packet or payload is built.
     scratch: Box<[u8]>,
     parked: VecDeque<Parked>,
+    /// Neighbour events: a parked request is retried as soon as the kernel has resolved a MAC, not on the next
+    /// [`LINK_RETRY`] poll (which cost a hand-off through this agent up to 100 ms).
+    neigh: NetWatcher,
     keepalive_seq: u16,
     outer_ttl: u8,
 }
@@ -1093,6 +1099,13 @@ impl FaService {
                 return Err(e);
             }
         };
+        let neigh = match NetWatcher::with_groups(libc::RTMGRP_NEIGH as u32) {
+            Ok(w) => w,
+            Err(e) => {
+                kernel.remove();
+                return Err(format!("rtnetlink (neighbour events): {e}"));
+            }
+        };
         let d = &file.dataplane;
         let slot = BUFFER_SIZE.max(usize::from(d.tun_mtu) + 64);
         let batch = || RecvBatch::new(DEFAULT_BATCH, slot);
@@ -1124,6 +1137,7 @@ impl FaService {
                 send: SendBatch::new(DEFAULT_BATCH, slot + overhead(Encapsulation::UdpIpInIp)),
                 scratch: vec![0u8; slot + 2 * overhead(Encapsulation::UdpIpInIp)].into_boxed_slice(),
                 parked: VecDeque::new(),
+                neigh,
                 keepalive_seq: 0,
                 outer_ttl: d.outer_ttl,
             },
@@ -1590,10 +1604,21 @@ impl Service for FaService {
             registry.register(&mut n.sock, Token(NETWORK + i), Interest::READABLE)?;
         }
         registry.register(&mut self.core.kernel.tun, TUN, Interest::READABLE)?;
+        registry.register(&mut self.core.neigh, NEIGH, Interest::READABLE)?;
         Ok(())
     }
 
     fn ready(&mut self, token: Token, now: Now) {
+        if token == NEIGH {
+            let changed = self.core.neigh.drain().unwrap_or(true);
+            if changed && !self.core.parked.is_empty() {
+                for p in &mut self.core.parked {
+                    p.next_try = p.next_try.min(now.instant);
+                }
+                self.core.retry_parked(now);
+            }
+            return;
+        }
         self.drain(token, now);
     }
 

@@ -84,6 +84,21 @@ const ALL_MOBILITY_AGENTS: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 11);
 /// Solicitations the daemon sends by itself (at device changes) are at most this frequent (RFC 5944 §2.4).
 const SOLICIT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Whether `addr` is an IPv4 address of interface `dev` (getifaddrs(3); no process). When the interfaces cannot
+/// be read, the answer is yes (the kernel's choice stands, as before this check).
+fn address_on(dev: &str, addr: Ipv4Addr) -> bool {
+    match nix::ifaddrs::getifaddrs() {
+        Ok(mut addrs) => addrs.any(|a| {
+            a.interface_name == dev
+                && a.address
+                    .as_ref()
+                    .and_then(|s| s.as_sockaddr_in())
+                    .is_some_and(|sin| sin.ip() == addr)
+        }),
+        Err(_) => true,
+    }
+}
+
 /// Care-of addresses remembered with the tunnel type they got (see `Core::provisional_session`).
 const TUNNEL_MEMORY: usize = 64;
 
@@ -785,11 +800,16 @@ impl Core {
         let Some(g) = net::default_gateway().map_err(|e| e.to_string())? else {
             return Ok(None);
         };
+        // The kernel picks a source toward the agent even where the default-route device has no address of
+        // ours (a foreign-agent link): an address of a link that went down, or the home address. Only an address
+        // on the device itself is a co-located care-of address; registering anything else would bind the node
+        // to a place it has left (observed: C1 -> B registered the old routable address through FA 1's link).
+        let source = net::source_address_for(self.home_agent).filter(|s| address_on(&g.dev, *s));
         Ok(Some(LinkView {
             dev: g.dev,
             gateway: g.address,
             gateway_mac: g.mac,
-            source: net::source_address_for(self.home_agent),
+            source,
         }))
     }
 

@@ -446,7 +446,12 @@ pub fn neigh_proxy_del(addr: Ipv4Addr, dev: &str) -> Result<(), NetError> {
 }
 
 /// The link-layer address of neighbour `addr` on `dev`, if resolved.
+///
+/// Read from `/proc/thread-self/net/arp` (no process; the calling thread's namespace), else with `ip neigh`.
 pub fn neigh_lladdr(addr: Ipv4Addr, dev: &str) -> Result<Option<[u8; 6]>, NetError> {
+    if let Ok(arp) = std::fs::read_to_string("/proc/thread-self/net/arp") {
+        return Ok(proc_arp_lladdr(&arp, addr, dev));
+    }
     let v = ip_json(&["-4", "neigh", "show", &addr.to_string(), "dev", dev])?;
     Ok(v.iter()
         .find_map(|n| n.get("lladdr").and_then(Value::as_str).and_then(parse_mac)))
@@ -512,10 +517,7 @@ pub fn default_gateway() -> Result<Option<Gateway>, NetError> {
         let Some((address, dev)) = proc_route_default(&routes) else {
             return Ok(None);
         };
-        let mac = match std::fs::read_to_string("/proc/thread-self/net/arp") {
-            Ok(arp) => proc_arp_lladdr(&arp, address, &dev),
-            Err(_) => neigh_lladdr(address, &dev)?,
-        };
+        let mac = neigh_lladdr(address, &dev)?;
         return Ok(Some(Gateway { address, dev, mac }));
     }
     let routes = ip_json(&["-4", "route", "show", "default"])?;
