@@ -309,6 +309,11 @@ fn start_daemon(lab: &Lab, dir: &Path, ns: &str, bin: &str, name: &str) -> Resul
     Ok(guard)
 }
 
+/// The string at JSON pointer `ptr` in `v`.
+pub fn text<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+    v.pointer(ptr).and_then(Value::as_str)
+}
+
 /// The MN's `/bindings` object.
 pub fn mn_state(lab: &Lab) -> Result<Value> {
     let body = admin_get(&lab.ns("mn"), "/bindings")?;
@@ -319,7 +324,7 @@ pub fn mn_state(lab: &Lab) -> Result<Value> {
 pub fn wait_registered(lab: &Lab, timeout: Duration) -> Result<Value> {
     poll_until("the MN to be registered", timeout, Duration::from_millis(5), || {
         let v = mn_state(lab)?;
-        Ok((v["state"] == "registered").then_some(v))
+        Ok((text(&v, "/state") == Some("registered")).then_some(v))
     })
 }
 
@@ -333,7 +338,10 @@ pub fn wait_registered_at(lab: &Lab, coa: Ipv4Addr, timeout: Duration) -> Result
         Duration::from_millis(2),
         || {
             let v = mn_state(lab)?;
-            Ok((v["state"] == "registered" && v["care_of_address"] == want.as_str()).then_some(()))
+            Ok(
+                (text(&v, "/state") == Some("registered") && text(&v, "/care_of_address") == Some(want.as_str()))
+                    .then_some(()),
+            )
         },
     )?;
     Ok(start.elapsed())
@@ -351,9 +359,9 @@ pub fn wait_registered_on(lab: &Lab, access: Access, timeout: Duration) -> Resul
         Duration::from_millis(2),
         || {
             let v = mn_state(lab)?;
-            Ok((v["state"] == "registered"
-                && v["care_of_address"] == coa.as_str()
-                && v["attachment"]["device"] == access.iface())
+            Ok((text(&v, "/state") == Some("registered")
+                && text(&v, "/care_of_address") == Some(coa.as_str())
+                && text(&v, "/attachment/device") == Some(access.iface()))
             .then_some(()))
         },
     )?;
