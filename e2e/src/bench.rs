@@ -22,7 +22,7 @@ use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{Error, Result};
 use crate::plan::{self, Access};
@@ -123,6 +123,69 @@ pub struct RunDetail {
     pub probe: ProbeReport,
     /// IKE messages logged during the run by the MN's and the gateway's charon, if the path has them.
     pub ike: Option<(IkeCounts, IkeCounts)>,
+    /// Both charons' SPIs right after the run equal those right before it (`None`: the path has no SAs to
+    /// compare).
+    pub sas_unchanged: Option<bool>,
+    /// What the path's own daemons logged about the hand-off (ms after its start), if the path has daemons.
+    pub daemons: Option<DaemonTimeline>,
+}
+
+/// The IKE_SA and CHILD_SA SPIs of one charon's SAs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SaIds {
+    /// IKE initiator SPI.
+    pub ike_initiator: String,
+    /// IKE responder SPI.
+    pub ike_responder: String,
+    /// Every CHILD_SA's (inbound, outbound) SPIs.
+    pub child: Vec<(String, String)>,
+}
+
+/// The SPIs on both ends: what must not change across a hand-off for the VPN to count as kept.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SaSnapshot {
+    /// The MN's VPN client.
+    pub client: Vec<SaIds>,
+    /// The VPN gateway.
+    pub gateway: Vec<SaIds>,
+}
+
+impl SaSnapshot {
+    /// The SPIs of both charons' SAs, from `swanctl --list-sas`.
+    pub fn of(client: &Charon, gateway: &Charon) -> Result<SaSnapshot> {
+        let ids = |sas: Vec<crate::strongswan::IkeSa>| -> Vec<SaIds> {
+            sas.iter()
+                .map(|sa| {
+                    let (i, r, child) = sa.spis();
+                    SaIds {
+                        ike_initiator: i,
+                        ike_responder: r,
+                        child,
+                    }
+                })
+                .collect()
+        };
+        Ok(SaSnapshot {
+            client: ids(client.list_sas()?),
+            gateway: ids(gateway.list_sas()?),
+        })
+    }
+
+    /// At least one SA on each end.
+    pub fn is_up(&self) -> bool {
+        !self.client.is_empty() && !self.gateway.is_empty()
+    }
+}
+
+/// A hand-off as the path's daemons logged it, in ms after the hand-off started (old link down).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct DaemonTimeline {
+    /// The MN daemon noticed the new attachment (its `attached` log line).
+    pub mn_attached_ms: Option<f64>,
+    /// The proxy answered the registration (its `registration` log line; the binding has moved by then).
+    pub proxy_replied_ms: Option<f64>,
+    /// The MN accepted the registration reply.
+    pub mn_registered_ms: Option<f64>,
 }
 
 /// A case with its runs.
@@ -132,6 +195,40 @@ pub struct CaseDetail {
     pub spec: CaseSpec,
     /// Its runs.
     pub runs: Vec<RunDetail>,
+    /// Both charons' SPIs after `prepare` (`None`: the path has no SAs).
+    pub sas_before: Option<SaSnapshot>,
+    /// Both charons' SPIs after the last run.
+    pub sas_after: Option<SaSnapshot>,
+    /// The SPIs after the last run equal those after `prepare`, and every run kept them (`None`: no SAs).
+    pub sas_unchanged: Option<bool>,
+    /// IKE messages both charons logged during the case's runs (`None`: the path has no charons).
+    pub ike_messages: Option<u32>,
+}
+
+impl CaseDetail {
+    /// Fills [`CaseDetail::sas_unchanged`] and [`CaseDetail::ike_messages`] from the runs.
+    fn summarise(&mut self) {
+        self.sas_unchanged = match (&self.sas_before, &self.sas_after) {
+            (Some(a), Some(b)) => Some(a.is_up() && a == b && self.runs.iter().all(|r| r.sas_unchanged != Some(false))),
+            _ => None,
+        };
+        let ike: Vec<u32> = self
+            .runs
+            .iter()
+            .filter_map(|r| r.ike.as_ref().map(|(m, g)| m.messages() + g.messages()))
+            .collect();
+        self.ike_messages = (!ike.is_empty()).then(|| ike.iter().sum());
+    }
+
+    /// IKE messages (MN + gateway) per run, over the runs that counted them.
+    pub fn ike_messages_per_run(&self) -> Option<f64> {
+        let ike: Vec<u32> = self
+            .runs
+            .iter()
+            .filter_map(|r| r.ike.as_ref().map(|(m, g)| m.messages() + g.messages()))
+            .collect();
+        (!ike.is_empty()).then(|| f64::from(ike.iter().sum::<u32>()) / ike.len() as f64)
+    }
 }
 
 impl CaseDetail {
@@ -199,24 +296,23 @@ impl BenchReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<16} {:>6} {:<10} {:>5} {:>9} {:>10} {:>8} {:>14}",
-            "path", "rtt_ms", "hand-off", "runs", "recovered", "median_ms", "max_ms", "IKE msgs MN+GW"
+            "{:<16} {:>6} {:<10} {:>5} {:>9} {:>10} {:>8} {:>14} {:>11}",
+            "path", "rtt_ms", "hand-off", "runs", "recovered", "median_ms", "max_ms", "IKE msgs MN+GW", "SPIs kept"
         );
         for c in &self.cases {
             let r = c.result();
             let f = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.1}"));
-            let ike: Vec<u32> = c
-                .runs
-                .iter()
-                .filter_map(|r| r.ike.as_ref().map(|(m, g)| m.messages() + g.messages()))
-                .collect();
-            let ike = match ike.is_empty() {
+            let ike = c
+                .ike_messages_per_run()
+                .map_or("-".to_owned(), |v| format!("{v:.1}/run"));
+            let kept: Vec<bool> = c.runs.iter().filter_map(|r| r.sas_unchanged).collect();
+            let kept = match kept.is_empty() {
                 true => "-".to_owned(),
-                false => format!("{:.1}/run", f64::from(ike.iter().sum::<u32>()) / ike.len() as f64),
+                false => format!("{}/{}", kept.iter().filter(|k| **k).count(), kept.len()),
             };
             let _ = writeln!(
                 s,
-                "{:<16} {:>6} {:<10} {:>5} {:>9} {:>10} {:>8} {:>14}",
+                "{:<16} {:>6} {:<10} {:>5} {:>9} {:>10} {:>8} {:>14} {:>11}",
                 r.path.name(),
                 r.rtt_ms,
                 format!("{}<->{}", c.spec.from, c.spec.to),
@@ -224,7 +320,8 @@ impl BenchReport {
                 r.recovered,
                 f(r.interruption_ms.median),
                 f(r.interruption_ms.max),
-                ike
+                ike,
+                kept
             );
         }
         for (p, why) in &self.skipped {
@@ -311,6 +408,19 @@ pub trait HandoffPath {
     fn take_ike_counts(&mut self) -> Result<Option<(IkeCounts, IkeCounts)>> {
         Ok(None)
     }
+    /// Both charons' SPIs now, if the path has charons.
+    fn sa_snapshot(&mut self) -> Result<Option<SaSnapshot>> {
+        Ok(None)
+    }
+    /// Called right before a hand-off (after the probe started): remember where the daemons' logs end.
+    fn before_handoff(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Called after a run: what the path's daemons logged about the hand-off that started at `start`
+    /// (wall clock, as the daemons' log timestamps), if the path has daemons.
+    fn daemon_timeline(&mut self, _start: std::time::SystemTime) -> Result<Option<DaemonTimeline>> {
+        Ok(None)
+    }
     /// Stops what `prepare` started.
     fn finish(&mut self, lab: &mut Lab) -> Result<()>;
 }
@@ -318,13 +428,11 @@ pub trait HandoffPath {
 /// Creates the `mip_proxy` path for the benchmark.
 pub type MipProxyFactory = Box<dyn FnMut() -> Result<Box<dyn HandoffPath>>>;
 
-/// HOOK(mip_proxy): where the product's path plugs in. Return a factory of a [`HandoffPath`] whose
-/// `prepare` starts mip-proxy (ns `proxy`), mip-ha (ns `ha`) and mip-mn (ns `mn`), then the data-path
-/// charons ([`CharonSpec::proxy_gateway`] in `vpngw`, [`CharonSpec::proxy_client`] in `mn`, after mip-mn owns
-/// `mip0` with the HoA) and initiates; `ensure_ready` checks the echo through the SA (source = HoA). Until
-/// the daemons exist this returns `None`, and the benchmark reports the path as skipped.
+/// HOOK(mip_proxy): where the product's path plugs in: [`crate::mip_path::MipProxyPath`] starts mip-ha,
+/// mip-proxy and mip-mn, then the data-path charons through [`crate::system::System::start`], and checks the
+/// echo through the SA (source = HoA) before every hand-off.
 pub fn mip_proxy_hook() -> Option<MipProxyFactory> {
-    None
+    Some(crate::mip_path::factory())
 }
 
 /// strongSwan alone: the MN's VPN client straight to the gateway, virtual IP from the pool.
@@ -411,6 +519,13 @@ impl HandoffPath for StrongswanOnly {
         Ok(Some(counts))
     }
 
+    fn sa_snapshot(&mut self) -> Result<Option<SaSnapshot>> {
+        let (Some(c), Some(g)) = (&self.client, &self.gateway) else {
+            return Ok(None);
+        };
+        SaSnapshot::of(c, g).map(Some)
+    }
+
     fn finish(&mut self, _lab: &mut Lab) -> Result<()> {
         self.stop_all();
         Ok(())
@@ -446,6 +561,15 @@ pub fn cases_for(path: PathKind, opts: &BenchOptions) -> Vec<CaseSpec> {
     v
 }
 
+/// The wall-clock time of `t`, given a wall-clock reading `wall0` taken together with `mono0`.
+pub fn wall_clock_of(t: Instant, wall0: SystemTime, mono0: Instant) -> SystemTime {
+    if t >= mono0 {
+        wall0 + (t - mono0)
+    } else {
+        wall0 - (mono0 - t)
+    }
+}
+
 /// Runs one case on `lab` with `path`. `progress` sees every run as it finishes.
 pub fn run_case(
     lab: &mut Lab,
@@ -460,6 +584,10 @@ pub fn run_case(
     let mut detail = CaseDetail {
         spec: case.clone(),
         runs: Vec::new(),
+        sas_before: None,
+        sas_after: None,
+        sas_unchanged: None,
+        ike_messages: None,
     };
     let cfg = ProbeConfig {
         target: echo_target(),
@@ -467,6 +595,7 @@ pub fn run_case(
         drain: Duration::from_millis(300) + Duration::from_millis(u64::from(case.rtt_ms) * 2),
     };
     let mn = lab.ns("mn");
+    detail.sas_before = path.sa_snapshot()?;
     for i in 0..case.runs as usize {
         if opts.interrupted() {
             return Err(Error::Interrupted);
@@ -475,32 +604,45 @@ pub fn run_case(
         if let Some(last) = lab.last_attach() {
             // The dwell includes the probe's `pre` period.
             let until = last + opts.dwell.saturating_sub(opts.pre);
-            let now = std::time::Instant::now();
+            let now = Instant::now();
             if until > now {
                 thread::sleep(until - now);
             }
         }
+        let sas_pre = path.sa_snapshot()?;
         path.take_ike_counts()?;
         let from = lab.attached().unwrap_or(case.from);
         let to = if from == case.from { case.to } else { case.from };
         let prober = Prober::start(&mn, cfg)?;
         thread::sleep(opts.pre);
+        path.before_handoff()?;
+        let (wall0, mono0) = (SystemTime::now(), Instant::now());
         let marks = lab.mn_attach(to, false)?;
         prober.mark(&marks);
         if prober.wait_recovered(opts.recovery_timeout, &|| opts.interrupted()) {
             thread::sleep(opts.post);
         }
         let report = prober.stop()?;
+        let ike = path.take_ike_counts()?;
+        let sas_post = path.sa_snapshot()?;
+        let start_wall = wall_clock_of(marks.start, wall0, mono0);
         let run = RunDetail {
             from,
             to,
             switch_ms: marks.switched.saturating_duration_since(marks.start).as_secs_f64() * 1000.0,
             probe: report,
-            ike: path.take_ike_counts()?,
+            ike,
+            sas_unchanged: match (&sas_pre, &sas_post) {
+                (Some(a), Some(b)) => Some(a.is_up() && a == b),
+                _ => None,
+            },
+            daemons: path.daemon_timeline(start_wall)?,
         };
         progress(case, i, &run);
+        detail.sas_after = sas_post;
         detail.runs.push(run);
     }
+    detail.summarise();
     path.finish(lab)?;
     Ok(detail)
 }
@@ -541,8 +683,26 @@ pub fn bench_handoff(opts: &BenchOptions, mut mip_proxy: Option<MipProxyFactory>
             .as_ref()
             .map(|(m, g)| format!(" ike {}+{}", m.messages(), g.messages()))
             .unwrap_or_default();
+        let sas = match r.sas_unchanged {
+            Some(true) => ", SPIs kept",
+            Some(false) => ", SPIs CHANGED",
+            None => "",
+        };
+        let f = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.1}"));
+        let daemons = r
+            .daemons
+            .as_ref()
+            .map(|d| {
+                format!(
+                    " [mn attached {} ms, proxy replied {} ms, mn registered {} ms]",
+                    f(d.mn_attached_ms),
+                    f(d.proxy_replied_ms),
+                    f(d.mn_registered_ms)
+                )
+            })
+            .unwrap_or_default();
         eprintln!(
-            "  {} rtt {} {}run {}: {}->{} (switch {:.1} ms) interruption {} ms, first echo {} ms, lost {}/{}{}",
+            "  {} rtt {} {}run {}: {}->{} (switch {:.1} ms) interruption {} ms, first echo {} ms, lost {}/{}{}{}{}",
             c.path.name(),
             c.rtt_ms,
             if c.nat_only { "nat-only " } else { "" },
@@ -554,7 +714,9 @@ pub fn bench_handoff(opts: &BenchOptions, mut mip_proxy: Option<MipProxyFactory>
             p.mark_to_first_echo_ms.map_or("-".into(), |v| format!("{v:.0}")),
             p.lost,
             p.sent,
-            ike
+            ike,
+            sas,
+            daemons
         );
     };
     for round in 0..rounds {
@@ -597,6 +759,8 @@ mod tests {
                 ..ProbeReport::default()
             },
             ike: None,
+            sas_unchanged: None,
+            daemons: None,
         }
     }
 
@@ -618,6 +782,10 @@ mod tests {
                 run(Some(300.0), true),
                 run(Some(200.0), true),
             ],
+            sas_before: None,
+            sas_after: None,
+            sas_unchanged: None,
+            ike_messages: None,
         };
         let r = d.result();
         assert_eq!((r.runs, r.recovered), (4, 3));
@@ -646,6 +814,10 @@ mod tests {
         let d = CaseDetail {
             spec: cases_for(PathKind::IkeReestablish, &BenchOptions::default())[0].clone(),
             runs: vec![run(None, false)],
+            sas_before: None,
+            sas_after: None,
+            sas_unchanged: None,
+            ike_messages: None,
         };
         let r = d.result();
         assert_eq!(

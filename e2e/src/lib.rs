@@ -15,6 +15,7 @@ pub mod capture;
 pub mod cmd;
 pub mod delay;
 pub mod error;
+pub mod mip_path;
 pub mod netns;
 pub mod plan;
 pub mod probe;
