@@ -14,6 +14,7 @@ pub mod bench;
 pub mod capture;
 pub mod cmd;
 pub mod delay;
+pub mod demo;
 pub mod error;
 pub mod mip_path;
 pub mod netns;

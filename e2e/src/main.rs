@@ -8,6 +8,7 @@
 //! e2e classify FILE.pcap                           count a capture's frames by class (JSON)
 //! e2e bench handoff --json OUT [--runs 10] [--only baseline|mip-proxy|all]
 //! e2e bench throughput --json OUT [--seconds 5] [--runs 5] [--only all|tcp|forwarding]
+//! e2e demo [--mode two-box|one-box] [--dwell-ms 2000] [--json OUT]   the lab demo: MN roams A -> C1 -> B -> D
 //! ```
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use mip_e2e::bench::{self, BenchOptions, Only};
+use mip_e2e::demo::{self, DemoOptions};
 use mip_e2e::throughput::{self, ThroughputOptions};
 use mip_e2e::{Lab, LabOptions, Mode, capture, delay, probe, topology};
 
@@ -75,6 +77,19 @@ enum Command {
     Classify {
         /// pcap or pcapng file.
         pcap: PathBuf,
+    },
+    /// The lab demo: the whole product in a lab, a 1 ms probe stream MN -> CN through the VPN while the MN roams
+    /// A -> C1 -> B -> D; one line per hand-off (interruption, registration, SAs, IKE messages), then teardown.
+    Demo {
+        /// Two-box or one-box.
+        #[arg(long, value_enum, default_value_t = ModeArg::TwoBox)]
+        mode: ModeArg,
+        /// Time on each access network before the next hand-off, ms.
+        #[arg(long, default_value_t = 2000)]
+        dwell_ms: u64,
+        /// Also write the demo's report here (JSON).
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Benchmarks.
     Bench {
@@ -164,6 +179,27 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Command::Demo { mode, dwell_ms, json } => {
+            let stop = stop_flag()?;
+            let opts = DemoOptions {
+                mode: match mode {
+                    ModeArg::TwoBox => Mode::TwoBox,
+                    ModeArg::OneBox => Mode::OneBox,
+                },
+                dwell: Duration::from_millis(dwell_ms),
+                stop,
+                keep_run_dir: std::env::var_os("MLAB_KEEP").is_some(),
+                ..DemoOptions::default()
+            };
+            let report = demo::run_demo(&opts, &mut |line| println!("{line}"))?;
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if !report.ok() {
+                anyhow::bail!("the demo ran, but not every hand-off kept the VPN (see the lines above)");
+            }
+        }
         Command::Cleanup => {
             let rep = topology::cleanup_all()?;
             println!(

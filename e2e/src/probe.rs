@@ -143,10 +143,84 @@ struct Shared {
     /// First sequence number sent after the hand-off's new route was in place.
     mark_seq: AtomicU64,
     marks: Mutex<Option<(Instant, Instant)>>,
+    /// Send time of every probe, by sequence number (readable while the prober runs, [`Prober::timeline`]).
+    sends: Mutex<Vec<Instant>>,
+    /// Every echo (sequence number, arrival), in arrival order.
+    echoes: Mutex<Vec<(u64, Instant)>>,
 }
 
-type SendLog = (Vec<Instant>, u64);
-type RecvLog = Vec<(u64, Instant)>;
+/// Send errors.
+type SendLog = u64;
+/// Nothing: the echoes are in [`Shared::echoes`].
+type RecvLog = ();
+
+/// What a prober has recorded so far: each probe's send time and its first echo's arrival.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    /// Send interval.
+    pub interval: Duration,
+    /// Send time of probe `i`.
+    pub sends: Vec<Instant>,
+    /// Arrival of probe `i`'s first echo.
+    pub arrivals: Vec<Option<Instant>>,
+}
+
+/// One hand-off seen in a continuous probe stream ([`Timeline::window`]).
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct WindowReport {
+    /// The interruption: the longest gap between consecutive echoed probes that ends in the window (send times,
+    /// less one interval); `None` when no probe sent after the switch came back.
+    pub interruption_ms: Option<f64>,
+    /// A probe sent after the switch came back.
+    pub recovered: bool,
+    /// From the hand-off's start to the first echo of a probe sent after the switch.
+    pub first_echo_ms: Option<f64>,
+    /// Probes sent in the window that never came back.
+    pub lost: u64,
+}
+
+impl Timeline {
+    /// The hand-off that started at `start` and was switched at `switched`, looking at probes sent from
+    /// `from` (before `start`: probes whose echoes were on their way to the old link count) until `until` (the
+    /// next hand-off's start, or the end of the stream).
+    pub fn window(&self, from: Instant, start: Instant, switched: Instant, until: Instant) -> WindowReport {
+        let echoed: Vec<(Instant, Instant)> = self
+            .sends
+            .iter()
+            .zip(&self.arrivals)
+            .filter_map(|(s, a)| Some((*s, (*a)?)))
+            .collect();
+        let lost = self
+            .sends
+            .iter()
+            .zip(&self.arrivals)
+            .filter(|(s, a)| **s >= from && **s < until && a.is_none())
+            .count() as u64;
+        let after = echoed.iter().find(|(s, _)| *s >= switched && *s < until);
+        let Some((_, first_arrival)) = after else {
+            return WindowReport {
+                lost,
+                ..WindowReport::default()
+            };
+        };
+        let mut gap = Duration::ZERO;
+        for w in echoed.windows(2) {
+            if let [(a, _), (b, _)] = w
+                && *b >= start
+                && *b < until
+                && *a >= from
+            {
+                gap = gap.max(b.saturating_duration_since(*a).saturating_sub(self.interval));
+            }
+        }
+        WindowReport {
+            interruption_ms: Some(ms(gap)),
+            recovered: true,
+            first_echo_ms: Some(ms(first_arrival.saturating_duration_since(start))),
+            lost,
+        }
+    }
+}
 
 /// A running probe (sender and receiver threads on one UDP socket).
 #[derive(Debug)]
@@ -234,6 +308,24 @@ impl Prober {
         self.recovered()
     }
 
+    /// What has been recorded so far (the prober keeps running).
+    pub fn timeline(&self) -> Timeline {
+        let sends = self.shared.sends.lock().map(|v| v.clone()).unwrap_or_default();
+        let mut arrivals = vec![None; sends.len()];
+        if let Ok(echoes) = self.shared.echoes.lock() {
+            for &(seq, t) in echoes.iter() {
+                if let Some(slot @ None) = usize::try_from(seq).ok().and_then(|i| arrivals.get_mut(i)) {
+                    *slot = Some(t);
+                }
+            }
+        }
+        Timeline {
+            interval: self.cfg.interval,
+            sends,
+            arrivals,
+        }
+    }
+
     /// Probes sent so far.
     pub fn sent(&self) -> u64 {
         self.shared.next_seq.load(Ordering::SeqCst)
@@ -242,14 +334,26 @@ impl Prober {
     /// Stops sending, waits (at most `drain`) for echoes in flight, and computes the report.
     pub fn stop(mut self) -> Result<ProbeReport> {
         self.shared.stop_send.store(true, Ordering::SeqCst);
-        let (sends, send_errors) = join(self.sender.take(), "probe sender")?;
+        let send_errors = join(self.sender.take(), "probe sender")?;
+        let sends = self
+            .shared
+            .sends
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
         let all = sends.len() as u64;
         let deadline = Instant::now() + self.cfg.drain;
         while Instant::now() < deadline && self.shared.echoed_upto.load(Ordering::SeqCst) < all {
             thread::sleep(Duration::from_millis(2));
         }
         self.shared.stop_recv.store(true, Ordering::SeqCst);
-        let echoes = join(self.receiver.take(), "probe receiver")?;
+        join(self.receiver.take(), "probe receiver")?;
+        let echoes = self
+            .shared
+            .echoes
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
         let marks = self.shared.marks.lock().ok().and_then(|m| *m);
         let mark_seq = self.shared.mark_seq.load(Ordering::SeqCst);
         Ok(compute_report(
@@ -297,7 +401,9 @@ fn decode(run_id: u32, b: &[u8]) -> Option<u64> {
 }
 
 fn send_loop(sock: &UdpSocket, cfg: ProbeConfig, run_id: u32, sh: &Shared) -> Result<SendLog> {
-    let mut sends = Vec::with_capacity(8192);
+    if let Ok(mut v) = sh.sends.lock() {
+        v.reserve(8192);
+    }
     let mut errors = 0u64;
     let mut t0 = Instant::now();
     let mut slot = 0u32; // position in the current schedule
@@ -315,23 +421,26 @@ fn send_loop(sock: &UdpSocket, cfg: ProbeConfig, run_id: u32, sh: &Shared) -> Re
         if sock.send_to(&encode(run_id, seq), cfg.target).is_err() {
             errors += 1;
         }
-        sends.push(t);
+        if let Ok(mut v) = sh.sends.lock() {
+            v.push(t);
+        }
         seq += 1;
         slot = slot.saturating_add(1);
         sh.next_seq.store(seq, Ordering::SeqCst);
     }
-    Ok((sends, errors))
+    Ok(errors)
 }
 
 fn recv_loop(sock: &UdpSocket, run_id: u32, sh: &Shared) -> Result<RecvLog> {
-    let mut echoes = Vec::with_capacity(8192);
     let mut buf = [0u8; 64];
     while !sh.stop_recv.load(Ordering::Relaxed) {
         match sock.recv_from(&mut buf) {
             Ok((n, _)) => {
                 let t = Instant::now();
                 if let Some(seq) = decode(run_id, buf.get(..n).unwrap_or_default()) {
-                    echoes.push((seq, t));
+                    if let Ok(mut v) = sh.echoes.lock() {
+                        v.push((seq, t));
+                    }
                     sh.echoed_upto.fetch_max(seq + 1, Ordering::SeqCst);
                 }
             }
@@ -343,7 +452,7 @@ fn recv_loop(sock: &UdpSocket, run_id: u32, sh: &Shared) -> Result<RecvLog> {
             Err(e) => return Err(Error::io("probe recv", e)),
         }
     }
-    Ok(echoes)
+    Ok(())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -600,6 +709,35 @@ mod tests {
 
     fn times(base: Instant, ms_list: &[u64]) -> Vec<Instant> {
         ms_list.iter().map(|m| base + Duration::from_millis(*m)).collect()
+    }
+
+    #[test]
+    fn timeline_windows_measure_each_hand_off() {
+        let base = Instant::now();
+        let ms = |m: u64| base + Duration::from_millis(m);
+        // Probes every ms for 100 ms; hand-off 1 at 20 (switched 22) loses 15..=26, hand-off 2 at 60 (switched 61)
+        // loses 58..=61, and nothing after 90 comes back (the stream's tail).
+        let sends: Vec<Instant> = (0..100).map(ms).collect();
+        let lost = |i: u64| (15..=26).contains(&i) || (58..=61).contains(&i) || i >= 90;
+        let arrivals = (0..100u64).map(|i| (!lost(i)).then(|| ms(i + 1))).collect();
+        let t = Timeline {
+            interval: Duration::from_millis(1),
+            sends,
+            arrivals,
+        };
+        let w1 = t.window(ms(0), ms(20), ms(22), ms(60));
+        assert!(w1.recovered);
+        assert_eq!(w1.interruption_ms, Some(12.0));
+        assert_eq!(w1.first_echo_ms, Some(8.0));
+        // Up to the next hand-off's start: its first lost probes (58, 59) were sent before it.
+        assert_eq!(w1.lost, 14);
+        let w2 = t.window(ms(40), ms(60), ms(61), ms(100));
+        assert_eq!(w2.interruption_ms, Some(4.0));
+        assert_eq!(w2.lost, 4 + 10);
+        // A hand-off after which nothing came back.
+        let w3 = t.window(ms(61), ms(89), ms(90), ms(100));
+        assert!(!w3.recovered);
+        assert_eq!(w3.interruption_ms, None);
     }
 
     #[test]
