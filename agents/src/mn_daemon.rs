@@ -1225,6 +1225,29 @@ mod tests {
     const MAC1: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const MAC2: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
+    #[test]
+    fn private_and_shared_care_of_addresses_are_expected_behind_a_nat() {
+        for a in [
+            "192.168.1.10",
+            "10.1.2.3",
+            "172.16.0.9",
+            "100.64.0.1",
+            "100.127.255.254",
+        ] {
+            assert!(behind_nat(a.parse().unwrap()), "{a}");
+        }
+        for a in ["192.0.2.10", "198.51.101.2", "100.128.0.1", "8.8.8.8"] {
+            assert!(!behind_nat(a.parse().unwrap()), "{a}");
+        }
+    }
+
+    #[test]
+    fn an_address_counts_only_on_its_own_device() {
+        assert!(address_on("lo", Ipv4Addr::LOCALHOST));
+        assert!(!address_on("lo", Ipv4Addr::new(192, 0, 2, 10)));
+        assert!(!address_on("no-such-dev0", Ipv4Addr::LOCALHOST));
+    }
+
     fn view(dev: &str, gw: [u8; 4], mac: Option<[u8; 6]>, src: Option<[u8; 4]>) -> LinkView {
         LinkView {
             dev: dev.into(),
