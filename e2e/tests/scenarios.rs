@@ -522,3 +522,90 @@ fn two_box_bad_input_on_every_listening_port_is_dropped_and_counted() {
     assert!(e.sys.fas.iter_mut().all(ProcessGuard::is_running) && e.sys.mn.is_running());
     e.check_traffic("after bad input on the visited side");
 }
+
+/// Replaces `old` by `new` in a keys file, atomically (write + rename, as a Secret update does).
+fn rewrite_key(path: &std::path::Path, old: &str, new: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(old), "{} holds the old key", path.display());
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text.replace(old, new)).unwrap();
+    // Keys files readable by every user are refused (mip-io keys.rs).
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The MN-HA key changes in the MN's, the proxy's and the HA's keys files while the VPN runs: each daemon
+/// reloads it on its own (file change, no signal), keeps its bindings, and the next registration (a hand-off)
+/// is authenticated with the new key end to end.
+#[test]
+fn two_box_key_rotation_keeps_bindings_and_the_next_registration_uses_the_new_key() {
+    let _g = serial();
+    let mut e = env(Mode::TwoBox);
+    let reloads = |e: &Env, ns: &str| metric_sum(&e.metrics(ns), "mip_key_reloads_total", &["result=\"ok\""]);
+    let daemons = [e.sys.proxy_ns(), "ha", "mn"];
+    let before: Vec<f64> = daemons.iter().map(|d| reloads(&e, d)).collect();
+    let binding = e.proxy_binding();
+    let new_key = "6d6c61622d6e65772d6b65792d323032";
+    for name in ["proxy", "ha", "mn"] {
+        rewrite_key(
+            &e.sys.dir().join(format!("{name}.keys.yaml")),
+            system::MN_HA_KEY,
+            new_key,
+        );
+    }
+    for (d, b) in daemons.iter().zip(&before) {
+        mip_e2e::cmd::poll_until(
+            &format!("{d} to reload its keys"),
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || Ok((reloads(&e, d) > *b).then_some(())),
+        )
+        .unwrap();
+    }
+    assert_eq!(e.proxy_binding(), binding, "the binding survived the reload");
+    let ha: Value = serde_json::from_str(&admin_get(&e.ns("ha"), "/bindings").unwrap()).unwrap();
+    assert_eq!(ha.as_array().map(Vec::len), Some(1), "the HA kept its binding: {ha}");
+    probe::wait_echo(&e.ns("mn"), Env::echo_target(), Duration::from_secs(2)).unwrap();
+    // The old key no longer works: a registration signed with it gets no reply (silent drop) and moves nothing.
+    let old_keys = e.sys.dir().join("old.keys.yaml");
+    std::fs::write(
+        &old_keys,
+        format!(
+            "security_associations:\n  - home_address: {}\n    spi: {}\n    key: {}\n",
+            plan::HOA,
+            system::MN_HA_SPI,
+            system::MN_HA_KEY
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&old_keys, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mipctl = system::find_bin("mipctl").unwrap();
+    let cfg = e.sys.dir().join("mn.yaml");
+    let out = e
+        .lab
+        .try_exec(
+            "mn",
+            &[
+                mipctl.to_str().unwrap(),
+                "register",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--keys",
+                old_keys.to_str().unwrap(),
+                "--timeout",
+                "2",
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no authenticated reply to the old key: {out:?}"
+    );
+    assert_eq!(e.proxy_binding(), binding, "a request with the old key moved nothing");
+    // A hand-off registers MN → proxy → HA with the new key.
+    let regs = metric_sum(&e.metrics("ha"), "mip_registrations_total", &["code=\"0\""]);
+    e.hand_off(Access::A);
+    assert!(metric_sum(&e.metrics("ha"), "mip_registrations_total", &["code=\"0\""]) > regs);
+    e.check_traffic("after the key rotation");
+}
