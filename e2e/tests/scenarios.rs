@@ -599,8 +599,8 @@ fn two_box_key_rotation_keeps_bindings_and_the_next_registration_uses_the_new_ke
         .unwrap();
     assert_eq!(
         out.status.code(),
-        Some(2),
-        "no authenticated reply to the old key: {out:?}"
+        Some(3),
+        "no authenticated reply to the old key (exit 3): {out:?}"
     );
     assert_eq!(e.proxy_binding(), binding, "a request with the old key moved nothing");
     // A hand-off registers MN → proxy → HA with the new key.
