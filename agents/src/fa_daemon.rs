@@ -83,7 +83,7 @@ use mip::wire::tunnel::{self, TunnelDataPacket, TunnelDataRepr};
 use mip::wire::{ErrorKind, ReplyCode};
 use mip_io::batch::{BUFFER_SIZE, DEFAULT_BATCH, RecvBatch, SendBatch};
 use mip_io::clock::Clock;
-use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service};
+use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service, filled};
 use mip_io::metrics::{Counter, DropCounters, Gauge, MetricsError, Registry};
 use mip_io::net::{self, NetError, Route, Rule};
 use mip_io::socket::{RawSocket, UdpOptions, UdpSocket};
@@ -1074,18 +1074,6 @@ fn seed() -> u64 {
     RandomState::new().hash_one(std::process::id())
 }
 
-/// Whether a receive call filled the whole batch (more may be waiting); `None` on WouldBlock or an error.
-fn filled(r: io::Result<usize>, batch: &RecvBatch, what: &str) -> Option<bool> {
-    match r {
-        Ok(n) => Some(n >= batch.capacity()),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-        Err(e) => {
-            tracing::warn!(error = %e, "receiving on {what}");
-            None
-        }
-    }
-}
-
 impl FaService {
     /// Installs the kernel state, opens the sockets and creates the foreign agent. Nothing is left behind on
     /// error.
@@ -1575,22 +1563,7 @@ impl Core {
 
     /// Sends what is queued for the raw sender; refused packets are counted and dropped.
     fn flush(&mut self) {
-        if self.send.is_empty() {
-            return;
-        }
-        match self.sockets.sender.send_batch(&self.send) {
-            Ok(o) => {
-                let lost = o.failed + o.unsent;
-                if lost > 0 {
-                    self.metrics.send_errors.raw.add(lost as u64);
-                }
-            }
-            Err(e) => {
-                self.metrics.send_errors.raw.add(self.send.len() as u64);
-                tracing::debug!(error = %e, "raw send");
-            }
-        }
-        self.send.clear();
+        mip_io::daemon::flush_raw(&self.sockets.sender, &mut self.send, &self.metrics.send_errors.raw);
     }
 }
 

@@ -50,7 +50,7 @@ use mip::wire::tunnel::{self, TunnelDataPacket};
 use mip::wire::udp::MIP_PORT;
 use mip_io::Clock;
 use mip_io::batch::RecvBatch;
-use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service};
+use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service, filled};
 use mip_io::metrics::{Counter, DropCounters};
 use mip_io::net::{self, Route};
 use mip_io::socket::{IcmpErrorReport, RawSocket, UdpSocket};
@@ -201,10 +201,6 @@ impl HaService {
     }
 }
 
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
-}
-
 impl Service for HaService {
     fn register(&mut self, registry: &MioRegistry) -> io::Result<()> {
         registry.register(&mut self.core.udp, UDP_TOKEN, Interest::READABLE)?;
@@ -220,51 +216,28 @@ impl Service for HaService {
                 if let Ok(n) = c.udp.take_icmp_errors(&mut c.icmp_errors) {
                     c.m.common.icmp_errors.add(n as u64);
                 }
-                loop {
-                    match c.udp.recv_batch(&mut self.batch) {
-                        Ok(_) => {
-                            for r in self.batch.iter() {
-                                if r.payload.first() == Some(&tunnel::TYPE_TUNNEL_DATA) {
-                                    c.tunnel_data(r.src, r.payload);
-                                } else {
-                                    c.handle(now, HaInput::Request(r.datagram()));
-                                }
-                            }
-                        }
-                        Err(e) if would_block(&e) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "UDP receive failed");
-                            break;
+                while filled(c.udp.recv_batch(&mut self.batch), &self.batch, "the UDP socket").is_some() {
+                    for r in self.batch.iter() {
+                        if r.payload.first() == Some(&tunnel::TYPE_TUNNEL_DATA) {
+                            c.tunnel_data(r.src, r.payload);
+                        } else {
+                            c.handle(now, HaInput::Request(r.datagram()));
                         }
                     }
                 }
             }
-            TUN_TOKEN => loop {
-                match c.tun.read(c.buf.get_mut(HEADROOM..).unwrap_or(&mut [])) {
-                    Ok(n) => c.encapsulate(n),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        if !would_block(&e) {
-                            tracing::warn!(error = %e, "TUN read failed");
-                        }
-                        break;
+            TUN_TOKEN => {
+                while let Some(n) = tunnel_io::read_tun(&c.tun, &mut c.buf) {
+                    c.encapsulate(n);
+                }
+            }
+            IPIP_TOKEN => {
+                while filled(c.ipip.recv_batch(&mut self.batch), &self.batch, "the raw IPIP socket").is_some() {
+                    for r in self.batch.iter() {
+                        c.reverse_ipip(r.payload);
                     }
                 }
-            },
-            IPIP_TOKEN => loop {
-                match c.ipip.recv_batch(&mut self.batch) {
-                    Ok(_) => {
-                        for r in self.batch.iter() {
-                            c.reverse_ipip(r.payload);
-                        }
-                    }
-                    Err(e) if would_block(&e) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "raw IP-in-IP receive failed");
-                        break;
-                    }
-                }
-            },
+            }
             _ => {}
         }
     }

@@ -63,7 +63,7 @@ use mip::wire::tunnel::{self, TunnelDataPacket};
 use mip::wire::{AgentAdvertisementRepr, AgentSolicitation, MobilityAgentFlags};
 use mip_io::Clock;
 use mip_io::batch::RecvBatch;
-use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service};
+use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service, filled};
 use mip_io::metrics::{Counter, DropCounters};
 use mip_io::net::{self, Route};
 use mip_io::socket::{IcmpErrorReport, RawSocket, UdpOptions, UdpSocket};
@@ -359,10 +359,6 @@ impl std::fmt::Debug for MnService {
     }
 }
 
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
-}
-
 fn metric_err(e: impl std::fmt::Display) -> String {
     format!("metrics: {e}")
 }
@@ -478,64 +474,34 @@ impl Service for MnService {
                 if let Ok(n) = c.udp.take_icmp_errors(&mut c.icmp_errors) {
                     c.m.common.icmp_errors.add(n as u64);
                 }
-                loop {
-                    match c.udp.recv_batch(&mut self.batch) {
-                        Ok(_) => {
-                            for r in self.batch.iter() {
-                                match r.payload.first() {
-                                    Some(&tunnel::TYPE_TUNNEL_DATA) => c.tunnel_data(now, r.src, r.payload),
-                                    _ => c.feed(now, MnInput::Reply(r.datagram())),
-                                }
-                            }
-                        }
-                        Err(e) if would_block(&e) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "UDP receive failed");
-                            break;
+                while filled(c.udp.recv_batch(&mut self.batch), &self.batch, "the UDP socket").is_some() {
+                    for r in self.batch.iter() {
+                        match r.payload.first() {
+                            Some(&tunnel::TYPE_TUNNEL_DATA) => c.tunnel_data(now, r.src, r.payload),
+                            _ => c.feed(now, MnInput::Reply(r.datagram())),
                         }
                     }
                 }
             }
-            TUN_TOKEN => loop {
-                match c.tun.read(c.buf.get_mut(HEADROOM..).unwrap_or(&mut [])) {
-                    Ok(n) => c.uplink(n),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        if !would_block(&e) {
-                            tracing::warn!(error = %e, "TUN read failed");
-                        }
-                        break;
+            TUN_TOKEN => {
+                while let Some(n) = tunnel_io::read_tun(&c.tun, &mut c.buf) {
+                    c.uplink(n);
+                }
+            }
+            IPIP_TOKEN => {
+                while filled(c.ipip.recv_batch(&mut self.batch), &self.batch, "the raw IPIP socket").is_some() {
+                    for r in self.batch.iter() {
+                        c.downlink_ipip(r.payload);
                     }
                 }
-            },
-            IPIP_TOKEN => loop {
-                match c.ipip.recv_batch(&mut self.batch) {
-                    Ok(_) => {
-                        for r in self.batch.iter() {
-                            c.downlink_ipip(r.payload);
-                        }
-                    }
-                    Err(e) if would_block(&e) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "raw IP-in-IP receive failed");
-                        break;
+            }
+            ICMP_TOKEN => {
+                while filled(c.icmp.recv_batch(&mut self.batch), &self.batch, "the raw ICMP socket").is_some() {
+                    for r in self.batch.iter() {
+                        c.icmp_packet(now, r.payload);
                     }
                 }
-            },
-            ICMP_TOKEN => loop {
-                match c.icmp.recv_batch(&mut self.batch) {
-                    Ok(_) => {
-                        for r in self.batch.iter() {
-                            c.icmp_packet(now, r.payload);
-                        }
-                    }
-                    Err(e) if would_block(&e) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "raw ICMP receive failed");
-                        break;
-                    }
-                }
-            },
+            }
             WATCH_TOKEN => match c.watcher.drain() {
                 Ok(changed) => c.link_dirty |= changed,
                 Err(e) => {

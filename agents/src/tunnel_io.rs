@@ -9,6 +9,7 @@
 use core::net::Ipv4Addr;
 use core::ops::Range;
 use std::collections::HashMap;
+use std::io;
 use std::sync::Arc;
 
 use mip::binding::Encapsulation;
@@ -18,6 +19,7 @@ use mip::wire::ipv4::{self, Ipv4Packet, Ipv4Repr, protocol};
 use mip::wire::tunnel::{self, TunnelDataRepr};
 use mip::wire::udp::{self, UdpRepr};
 use mip_io::metrics::{Counter, DropCounters, Registry};
+use mip_io::tun::Tun;
 
 /// Free bytes kept in front of an inner packet: room for the largest outer header stack (IPv4 + UDP + Tunnel
 /// Data, 32 bytes).
@@ -78,6 +80,23 @@ pub fn inner(packet: &[u8]) -> Option<Inner> {
         df: p.dont_frag(),
         len: usize::from(p.total_len()),
     })
+}
+
+/// Reads one packet from `tun` into `buf[HEADROOM..]` and returns its length; `None` once the TUN is drained
+/// (a failure other than `WouldBlock` is logged). An interrupted read is retried.
+pub fn read_tun(tun: &Tun, buf: &mut [u8]) -> Option<usize> {
+    loop {
+        match tun.read(buf.get_mut(HEADROOM..).unwrap_or(&mut [])) {
+            Ok(n) => return Some(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    tracing::warn!(error = %e, "TUN read failed");
+                }
+                return None;
+            }
+        }
+    }
 }
 
 /// The name of an encapsulation in `/bindings` (the proxy's names).

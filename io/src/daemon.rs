@@ -23,10 +23,12 @@ use mip::roles::Now;
 use mip::time::Instant;
 
 use crate::admin::{AdminServer, AdminState, RequestQueue, Requests};
+use crate::batch::{RecvBatch, SendBatch};
 use crate::clock::Clock;
 use crate::keys::KeysWatcher;
 use crate::metrics::{Counter, Gauge, Registry};
 use crate::signals::Signals;
+use crate::socket::RawSocket;
 
 /// Longest the loop sleeps without an event: keys file changes are noticed this fast.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
@@ -208,6 +210,41 @@ pub fn run<S: Service>(
     stats.up.set(0);
     server.shutdown();
     Ok(())
+}
+
+/// The result of one `recv_batch`/`read_batch` call on an edge-triggered source: `Some(true)` when the batch came
+/// back full (more may be waiting), `Some(false)` when it holds the last datagrams, `None` when there is nothing
+/// to handle (`WouldBlock`, or an error, logged as "receiving on {what}").
+pub fn filled(r: io::Result<usize>, batch: &RecvBatch, what: &str) -> Option<bool> {
+    match r {
+        Ok(n) => Some(n >= batch.capacity()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "receiving on {what}");
+            None
+        }
+    }
+}
+
+/// Sends what `batch` holds through the raw `sender` and empties it. Packets the kernel refuses, or has no room
+/// for, are added to `lost` and dropped (datagram semantics: no retry queue).
+pub fn flush_raw(sender: &RawSocket, batch: &mut SendBatch, lost: &Counter) {
+    if batch.is_empty() {
+        return;
+    }
+    match sender.send_batch(batch) {
+        Ok(o) => {
+            let n = o.failed + o.unsent;
+            if n > 0 {
+                lost.add(n as u64);
+            }
+        }
+        Err(e) => {
+            lost.add(batch.len() as u64);
+            tracing::debug!(error = %e, "raw send");
+        }
+    }
+    batch.clear();
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use mip::time::Instant;
 use mip::wire::tunnel::TYPE_TUNNEL_DATA;
 use mip_io::batch::{BUFFER_SIZE, DEFAULT_BATCH, Received, RecvBatch, SendBatch};
 use mip_io::clock::Clock;
-use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service};
+use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service, filled};
 use mip_io::socket::{IcmpErrorReport, RawSocket, UdpOptions, UdpSocket};
 
 use crate::bindings;
@@ -292,18 +292,6 @@ impl ProxyService {
         }
         if let Some(b) = self.backlog.get_mut(i) {
             *b = more;
-        }
-    }
-}
-
-/// Whether a receive call filled the whole batch (more may be waiting); `false` on WouldBlock or an error.
-fn filled(r: io::Result<usize>, batch: &RecvBatch, what: &str) -> Option<bool> {
-    match r {
-        Ok(n) => Some(n >= batch.capacity()),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-        Err(e) => {
-            tracing::warn!(error = %e, "receiving on {what}");
-            None
         }
     }
 }
@@ -623,22 +611,7 @@ impl Core {
     /// Sends what is queued for the raw sender. Packets the kernel refuses, or has no room for, are counted
     /// and dropped (datagram semantics: no retry queue).
     fn flush(&mut self) {
-        if self.send.is_empty() {
-            return;
-        }
-        match self.sockets.sender.send_batch(&self.send) {
-            Ok(o) => {
-                let lost = o.failed + o.unsent;
-                if lost > 0 {
-                    self.metrics.send_errors.raw.add(lost as u64);
-                }
-            }
-            Err(e) => {
-                self.metrics.send_errors.raw.add(self.send.len() as u64);
-                tracing::debug!(error = %e, "raw send");
-            }
-        }
-        self.send.clear();
+        mip_io::daemon::flush_raw(&self.sockets.sender, &mut self.send, &self.metrics.send_errors.raw);
     }
 }
 
