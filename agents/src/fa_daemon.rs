@@ -405,17 +405,6 @@ fn decap_udp<'a, 'v>(
     UdpDecap::Deliver(bytes)
 }
 
-fn encapsulation_name(e: Encapsulation) -> &'static str {
-    match e {
-        Encapsulation::IpInIp => "ipip",
-        Encapsulation::Gre => "gre",
-        Encapsulation::Minimal => "minimal",
-        Encapsulation::UdpIpInIp => "udp_ipip",
-        Encapsulation::UdpGre => "udp_gre",
-        Encapsulation::UdpMinimal => "udp_minimal",
-    }
-}
-
 /// `GET /bindings`: the visitor list as a JSON array sorted by home address. `expires_in_ms` is `null` for an
 /// infinite lifetime (65535).
 ///
@@ -436,7 +425,7 @@ pub fn visitors_json<'a>(visitors: impl Iterator<Item = &'a Visitor>, now: Insta
             };
             let tunnel = v.tunnel.map_or(Value::Null, |t| {
                 json!({
-                    "encapsulation": encapsulation_name(t.remote.encapsulation),
+                    "encapsulation": t.remote.encapsulation.as_str(),
                     "local": t.local.ip().to_string(),
                     "remote": t.remote.addr.to_string(),
                     "port": t.remote.port,
@@ -1215,7 +1204,7 @@ impl Core {
                         home_agent = %v.home_agent,
                         care_of_address = %v.care_of_address,
                         co_located = v.co_located,
-                        encapsulation = v.tunnel.map_or("none", |t| encapsulation_name(t.remote.encapsulation)),
+                        encapsulation = v.tunnel.map_or("none", |t| t.remote.encapsulation.as_str()),
                         reverse_tunnel = v.reverse_tunnel,
                         lifetime = v.lifetime,
                         "visitor"

@@ -603,7 +603,7 @@ pub fn binding_json(home_address: Ipv4Addr, nai: Option<&str>, b: &Binding, now:
         "nai": nai,
         "care_of_address": b.care_of_address.to_string(),
         "tunnel": {
-            "encapsulation": tunnel_io::encapsulation_name(t.encapsulation),
+            "encapsulation": t.encapsulation.as_str(),
             "address": t.addr.to_string(),
             "port": t.port,
         },

@@ -99,18 +99,6 @@ pub fn read_tun(tun: &Tun, buf: &mut [u8]) -> Option<usize> {
     }
 }
 
-/// The name of an encapsulation in `/bindings` (the proxy's names).
-pub const fn encapsulation_name(e: Encapsulation) -> &'static str {
-    match e {
-        Encapsulation::IpInIp => "ipip",
-        Encapsulation::Gre => "gre",
-        Encapsulation::Minimal => "minimal",
-        Encapsulation::UdpIpInIp => "udp_ipip",
-        Encapsulation::UdpGre => "udp_gre",
-        Encapsulation::UdpMinimal => "udp_minimal",
-    }
-}
-
 /// Writes an IP-in-IP header in front of the `inner_len`-byte packet at `buf[HEADROOM..]`; returns where the
 /// outer packet lies in `buf`.
 pub fn encap_ipip(buf: &mut [u8], inner_len: usize, o: &Outer) -> Option<Range<usize>> {

@@ -61,6 +61,19 @@ impl Encapsulation {
             Encapsulation::UdpIpInIp | Encapsulation::UdpGre | Encapsulation::UdpMinimal
         )
     }
+
+    /// The label every daemon shows for the encapsulation (`/bindings`, logs): `ipip`, `gre`, `minimal`,
+    /// `udp_ipip`, `udp_gre`, `udp_minimal`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Encapsulation::IpInIp => "ipip",
+            Encapsulation::Gre => "gre",
+            Encapsulation::Minimal => "minimal",
+            Encapsulation::UdpIpInIp => "udp_ipip",
+            Encapsulation::UdpGre => "udp_gre",
+            Encapsulation::UdpMinimal => "udp_minimal",
+        }
+    }
 }
 
 /// Where tunnelled packets for a binding are sent: the care-of address, or with NAT traversal the NAT's public

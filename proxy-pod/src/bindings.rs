@@ -10,21 +10,9 @@
 //!
 //! `expires_in_ms` is `null` for an infinite lifetime (65535).
 
-use mip::binding::{BindingCache, Encapsulation, INFINITE_LIFETIME};
+use mip::binding::{BindingCache, INFINITE_LIFETIME};
 use mip::time::Instant;
 use serde_json::{Value, json};
-
-/// The label of an encapsulation in `/bindings`.
-pub fn encapsulation_name(e: Encapsulation) -> &'static str {
-    match e {
-        Encapsulation::IpInIp => "ipip",
-        Encapsulation::Gre => "gre",
-        Encapsulation::Minimal => "minimal",
-        Encapsulation::UdpIpInIp => "udp_ipip",
-        Encapsulation::UdpGre => "udp_gre",
-        Encapsulation::UdpMinimal => "udp_minimal",
-    }
-}
 
 /// The bindings of `cache` at `now`, sorted by home address then care-of address (stable output for diffs).
 pub fn to_json(cache: &BindingCache, now: Instant) -> Value {
@@ -41,7 +29,7 @@ pub fn to_json(cache: &BindingCache, now: Instant) -> Value {
                 "nai": entry.nai(),
                 "care_of_address": b.care_of_address.to_string(),
                 "tunnel": {
-                    "encapsulation": encapsulation_name(b.tunnel.encapsulation),
+                    "encapsulation": b.tunnel.encapsulation.as_str(),
                     "address": b.tunnel.addr.to_string(),
                     "port": b.tunnel.port,
                 },
@@ -64,7 +52,7 @@ mod tests {
 
     use super::*;
     use core::net::Ipv4Addr;
-    use mip::binding::{Binding, TunnelEndpoint};
+    use mip::binding::{Binding, Encapsulation, TunnelEndpoint};
 
     #[test]
     fn one_object_per_binding() {

@@ -342,7 +342,7 @@ impl Core {
                         care_of_address = %c.binding.care_of_address,
                         tunnel = %c.binding.tunnel.addr,
                         port = c.binding.tunnel.port,
-                        encapsulation = bindings::encapsulation_name(c.binding.tunnel.encapsulation),
+                        encapsulation = c.binding.tunnel.encapsulation.as_str(),
                         lifetime = c.binding.lifetime,
                         half_bound = c.binding.half_bound,
                         "binding"
