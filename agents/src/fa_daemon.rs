@@ -61,7 +61,6 @@ use core::net::{Ipv4Addr, SocketAddrV4};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,11 +118,6 @@ const NEIGH: Token = Token(NETWORK + 1_000_000);
 
 /// Control-plane drop reason of a request whose sender's MAC could not be found.
 pub const NO_LINK_ADDRESS: &str = "no_link_address";
-
-/// Reads and validates the configuration file; every problem is on its own line, naming the file and field.
-pub fn load(path: &Path) -> Result<FaFile, String> {
-    mip_io::load_config(path)
-}
 
 /// Runs the daemon until SIGTERM/SIGINT: keys from `daemon.keys_file` (reloaded on SIGHUP or change), admin HTTP
 /// on `daemon.admin`. Start-up errors are returned (the kernel state installed so far is removed).

@@ -11,13 +11,18 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use clap::{CommandFactory, FromArgMatches};
 use mio::{Events, Interest, Poll, Registry as MioRegistry, Token, Waker};
+use serde::de::DeserializeOwned;
 
+use mip::config::Validate;
+use mip::daemon::{DaemonSettings, LogFormat};
 use mip::keystore::KeyStore;
 use mip::roles::Now;
 use mip::time::Instant;
@@ -210,6 +215,41 @@ pub fn run<S: Service>(
     stats.up.set(0);
     server.shutdown();
     Ok(())
+}
+
+/// The command line every daemon takes.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
+struct Args {
+    /// The configuration file (YAML; deploy/config/ shows every field with its default).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+/// The whole `main` of the daemon binary `name` (`about`: its `--help` description): parses `--config FILE`,
+/// loads and validates the file (on error: `name: error` on stderr, exit code 2), starts logging in the format
+/// of the file's `daemon` section (`settings`), then calls `run` (on error: logged, exit code 1).
+pub fn main<F: DeserializeOwned + Validate>(
+    name: &'static str,
+    about: &'static str,
+    settings: impl Fn(&F) -> &DaemonSettings,
+    run: impl FnOnce(F) -> Result<(), String>,
+) -> ExitCode {
+    let matches = Args::command().name(name).about(about).get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let file: F = match crate::load_config(&args.config) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _log = crate::logging::init(settings(&file).log_format == LogFormat::Json);
+    if let Err(e) = run(file) {
+        tracing::error!(error = %e, "{name} failed");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 /// The result of one `recv_batch`/`read_batch` call on an edge-triggered source: `Some(true)` when the batch came

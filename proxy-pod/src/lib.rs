@@ -17,16 +17,9 @@ pub mod metrics;
 pub mod service;
 pub mod setup;
 
-use std::path::Path;
-
 use mip::daemon::ProxyFile;
 
 pub use service::ProxyService;
-
-/// Reads and validates the configuration file; every problem is on its own line, naming the file and field.
-pub fn load(path: &Path) -> Result<ProxyFile, String> {
-    mip_io::load_config(path)
-}
 
 /// Runs the daemon until SIGTERM/SIGINT: keys from `daemon.keys_file` (reloaded on SIGHUP or change), admin
 /// HTTP on `daemon.admin`. Start-up errors are returned (the kernel state installed so far is removed).
