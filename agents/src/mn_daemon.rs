@@ -71,6 +71,7 @@ use mip_io::tun::Tun;
 use mip_io::watch::NetWatcher;
 use serde_json::{Value, json};
 
+use crate::register::tunnel_json;
 use crate::tunnel_io::{self, CommonMetrics, Dir, Enc, HEADROOM, KEEPALIVE_DATA, Outer, WORK_BUFFER, mac_string};
 
 const UDP_TOKEN: Token = Token(FIRST_SERVICE_TOKEN);
@@ -1132,21 +1133,6 @@ impl Core {
             "attachment": self.current.as_ref().map(attachment_json),
             "routes": routes,
         })
-    }
-}
-
-/// A tunnel as `/bindings` shows it (the same shape `mipctl register` prints).
-pub fn tunnel_json(t: &MnTunnel) -> Value {
-    match t {
-        MnTunnel::IpIp { local, peer } => json!({"type": "ipip", "local": local.to_string(), "peer": peer.to_string()}),
-        MnTunnel::Udp {
-            local_port,
-            peer,
-            keepalive_secs,
-        } => json!({
-            "type": "udp", "local_port": local_port, "peer": peer.to_string(), "keepalive_secs": keepalive_secs
-        }),
-        MnTunnel::ForeignAgent { agent } => json!({"type": "foreign_agent", "agent": agent.to_string()}),
     }
 }
 

@@ -186,7 +186,8 @@ pub fn register(opts: &RegisterOptions, keys: mip::keystore::KeyStore) -> Result
     }
 }
 
-fn tunnel_json(t: &MnTunnel) -> Value {
+/// A tunnel as `mipctl register` prints it and `mip-mn`'s `/bindings` shows it.
+pub fn tunnel_json(t: &MnTunnel) -> Value {
     match t {
         MnTunnel::IpIp { local, peer } => json!({"type": "ipip", "local": local.to_string(), "peer": peer.to_string()}),
         MnTunnel::Udp {
