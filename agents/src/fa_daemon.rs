@@ -58,7 +58,7 @@
 //!   (`path="data"`).
 
 use core::net::{Ipv4Addr, SocketAddrV4};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::sync::Arc;
@@ -83,7 +83,7 @@ use mip::wire::{ErrorKind, ReplyCode};
 use mip_io::batch::{BUFFER_SIZE, DEFAULT_BATCH, RecvBatch, SendBatch};
 use mip_io::clock::Clock;
 use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service, filled};
-use mip_io::metrics::{Counter, DropCounters, Gauge, MetricsError, Registry};
+use mip_io::metrics::{Counter, DropCounters, Gauge, MetricsError, Registry, ReplyCodes, Traffic};
 use mip_io::net::{self, NetError, Route, Rule};
 use mip_io::socket::{RawSocket, UdpOptions, UdpSocket};
 use mip_io::tun::Tun;
@@ -454,6 +454,7 @@ const REGISTRATIONS: &str = "Registration replies sent to visitors, by reply cod
 const DROPS: &str = "Inputs dropped, by path and reason.";
 const PACKETS: &str = "Packets through the tunnels toward home agents.";
 const BYTES: &str = "Inner packet bytes through the tunnels toward home agents.";
+const TRAFFIC: [&str; 2] = [PACKETS, BYTES];
 const SEND_ERRORS: &str = "Datagrams or packets the kernel refused to send, by socket.";
 const KEEPALIVES: &str = "RFC 3519 keepalives sent, and echo replies received.";
 
@@ -498,28 +499,6 @@ const REPLY_CODES: &[ReplyCode] = &[
     ReplyCode::InvalidHomeAgent,
 ];
 
-/// Packet and byte counters of one direction and encapsulation.
-#[derive(Debug, Clone)]
-struct Traffic {
-    packets: Counter,
-    bytes: Counter,
-}
-
-impl Traffic {
-    fn new(r: &Registry, direction: &'static str, encapsulation: &'static str) -> Result<Traffic, MetricsError> {
-        let labels = [("direction", direction), ("encapsulation", encapsulation)];
-        Ok(Traffic {
-            packets: r.counter("mip_tunnel_packets_total", PACKETS, &labels)?,
-            bytes: r.counter("mip_tunnel_bytes_total", BYTES, &labels)?,
-        })
-    }
-
-    fn count(&self, len: usize) {
-        self.packets.inc();
-        self.bytes.add(len as u64);
-    }
-}
-
 #[derive(Debug, Clone)]
 struct SendErrors {
     visited: Counter,
@@ -533,7 +512,7 @@ struct SendErrors {
 #[derive(Debug)]
 struct FaMetrics {
     registry: Arc<Registry>,
-    registrations: HashMap<u8, Counter>,
+    registrations: ReplyCodes,
     control_drops: DropCounters,
     data_drops: DropCounters,
     visitors: Gauge,
@@ -551,30 +530,21 @@ struct FaMetrics {
     kernel_errors: Counter,
 }
 
-fn registration_counter(r: &Registry, code: u8) -> Result<Counter, MetricsError> {
-    let code = code.to_string();
-    r.counter(
-        "mip_registrations_total",
-        REGISTRATIONS,
-        &[("role", "fa"), ("code", code.as_str())],
-    )
-}
-
 impl FaMetrics {
     fn new(registry: Arc<Registry>) -> Result<FaMetrics, MetricsError> {
         let r = &*registry;
-        let mut registrations = HashMap::new();
-        for code in REPLY_CODES {
-            let c = u8::from(*code);
-            registrations.insert(c, registration_counter(r, c)?);
-        }
         let mut control: Vec<&'static str> = CONTROL_DROPS.iter().map(|d| d.as_str()).collect();
         control.push(NO_LINK_ADDRESS);
         let data: Vec<&'static str> = DataDrop::ALL.iter().map(|d| d.as_str()).collect();
         let send = |socket: &'static str| r.counter("mip_send_errors_total", SEND_ERRORS, &[("socket", socket)]);
         let keepalive = |event: &'static str| r.counter("mip_keepalives_total", KEEPALIVES, &[("event", event)]);
         Ok(FaMetrics {
-            registrations,
+            registrations: ReplyCodes::new(
+                Arc::clone(&registry),
+                REGISTRATIONS,
+                "fa",
+                REPLY_CODES.iter().map(|c| u8::from(*c)),
+            )?,
             control_drops: r.drop_counters_with(
                 "mip_drops_total",
                 DROPS,
@@ -595,10 +565,10 @@ impl FaMetrics {
                 "Agent Solicitations received on the visited link.",
                 &[],
             )?,
-            up_ipip: Traffic::new(r, "up", "ipip")?,
-            up_udp: Traffic::new(r, "up", "udp")?,
-            down_ipip: Traffic::new(r, "down", "ipip")?,
-            down_udp: Traffic::new(r, "down", "udp")?,
+            up_ipip: Traffic::new(r, TRAFFIC, "up", "ipip")?,
+            up_udp: Traffic::new(r, TRAFFIC, "up", "udp")?,
+            down_ipip: Traffic::new(r, TRAFFIC, "down", "ipip")?,
+            down_udp: Traffic::new(r, TRAFFIC, "down", "udp")?,
             keepalives_sent: keepalive("sent")?,
             keepalives_answered: keepalive("answered")?,
             link_resolutions: r.counter(
@@ -623,19 +593,7 @@ impl FaMetrics {
     }
 
     fn registration(&mut self, code: ReplyCode) {
-        let c = u8::from(code);
-        if let Some(counter) = self.registrations.get(&c) {
-            counter.inc();
-            return;
-        }
-        // A code relayed from a home agent: registered now, on the control path.
-        match registration_counter(&self.registry, c) {
-            Ok(counter) => {
-                counter.inc();
-                self.registrations.insert(c, counter);
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot register a registration counter"),
-        }
+        self.registrations.inc(u8::from(code));
     }
 
     fn control_drop(&self, label: &'static str) {

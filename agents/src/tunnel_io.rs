@@ -8,7 +8,6 @@
 
 use core::net::Ipv4Addr;
 use core::ops::Range;
-use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
@@ -18,7 +17,7 @@ use mip::wire::icmp::{IcmpPacket, IcmpRepr, types as icmp_types};
 use mip::wire::ipv4::{self, Ipv4Packet, Ipv4Repr, protocol};
 use mip::wire::tunnel::{self, TunnelDataRepr};
 use mip::wire::udp::{self, UdpRepr};
-use mip_io::metrics::{Counter, DropCounters, Registry};
+use mip_io::metrics::{Counter, DropCounters, Registry, ReplyCodes, Traffic};
 use mip_io::tun::Tun;
 
 /// Free bytes kept in front of an inner packet: room for the largest outer header stack (IPv4 + UDP + Tunnel
@@ -266,13 +265,11 @@ pub const CONTROL_DROP_REASONS: &[&str] = &[
 #[derive(Debug)]
 pub struct CommonMetrics {
     registry: Arc<Registry>,
-    role: &'static str,
-    codes: HashMap<u8, Counter>,
-    /// `mip_tunnel_packets_total{direction="up"|"down", encapsulation="ipip"|"udp"}`, indexed by [`Dir`] ×
-    /// [`Enc`].
-    packets: [[Counter; 2]; 2],
-    /// `mip_tunnel_bytes_total{direction, encapsulation}`.
-    bytes: [[Counter; 2]; 2],
+    /// `mip_registrations_total{role, code}`.
+    codes: ReplyCodes,
+    /// `mip_tunnel_packets_total` and `mip_tunnel_bytes_total` with `direction="up"|"down"` and
+    /// `encapsulation="ipip"|"udp"`, indexed by [`Dir`] × [`Enc`].
+    traffic: [[Traffic; 2]; 2],
     /// `mip_drops_total{path="control", reason}`.
     pub control_drops: DropCounters,
     /// `mip_icmp_errors_total`: ICMP errors the kernel reported about datagrams the registration socket sent.
@@ -314,32 +311,20 @@ impl CommonMetrics {
     /// Registers the shared series for `role` (`ha`, `mn`).
     pub fn new(registry: &Arc<Registry>, role: &'static str) -> Result<CommonMetrics, String> {
         let r = registry.as_ref();
-        let tunnel = |name: &'static str, help: &'static str, dir: &str, enc: &str| {
-            r.counter(name, help, &[("direction", dir), ("encapsulation", enc)])
-                .map_err(metric_err)
-        };
-        const PACKETS: &str = "Packets carried through Mobile IP tunnels.";
-        const BYTES: &str = "Bytes of inner packets carried through Mobile IP tunnels.";
-        let mut packets = Vec::new();
-        let mut bytes = Vec::new();
-        for dir in ["up", "down"] {
-            for enc in ["ipip", "udp"] {
-                packets.push(tunnel("mip_tunnel_packets_total", PACKETS, dir, enc)?);
-                bytes.push(tunnel("mip_tunnel_bytes_total", BYTES, dir, enc)?);
-            }
-        }
-        let grid = |v: Vec<Counter>| -> Result<[[Counter; 2]; 2], String> {
-            match <[Counter; 4]>::try_from(v) {
-                Ok([a, b, c, d]) => Ok([[a, b], [c, d]]),
-                Err(_) => Err("metrics: tunnel counter grid".to_string()),
-            }
-        };
+        const TRAFFIC: [&str; 2] = [
+            "Packets carried through Mobile IP tunnels.",
+            "Bytes of inner packets carried through Mobile IP tunnels.",
+        ];
+        let t = |dir, enc| Traffic::new(r, TRAFFIC, dir, enc).map_err(metric_err);
+        let traffic = [
+            [t("up", "ipip")?, t("up", "udp")?],
+            [t("down", "ipip")?, t("down", "udp")?],
+        ];
         Ok(CommonMetrics {
             registry: Arc::clone(registry),
-            role,
-            codes: HashMap::new(),
-            packets: grid(packets)?,
-            bytes: grid(bytes)?,
+            codes: ReplyCodes::new(Arc::clone(registry), "Registration outcomes by reply code.", role, [])
+                .map_err(metric_err)?,
+            traffic,
             control_drops: Self::drops(registry, "control", CONTROL_DROP_REASONS)?,
             icmp_errors: r
                 .counter(
@@ -383,32 +368,13 @@ impl CommonMetrics {
 
     /// Counts one registration outcome: `mip_registrations_total{role, code}`.
     pub fn registration(&mut self, code: u8) {
-        if let Some(c) = self.codes.get(&code) {
-            c.inc();
-            return;
-        }
-        let code_label = code.to_string();
-        if let Ok(c) = self.registry.counter(
-            "mip_registrations_total",
-            "Registration outcomes by reply code.",
-            &[("role", self.role), ("code", &code_label)],
-        ) {
-            c.inc();
-            self.codes.insert(code, c);
-        }
+        self.codes.inc(code);
     }
 
     /// Counts one tunnelled packet of `bytes` inner bytes.
     pub fn tunnel(&self, dir: Dir, enc: Enc, bytes: usize) {
-        if let Some(row) = self.packets.get(dir as usize)
-            && let Some(c) = row.get(enc as usize)
-        {
-            c.inc();
-        }
-        if let Some(row) = self.bytes.get(dir as usize)
-            && let Some(c) = row.get(enc as usize)
-        {
-            c.add(bytes as u64);
+        if let Some(t) = self.traffic.get(dir as usize).and_then(|row| row.get(enc as usize)) {
+            t.count(bytes);
         }
     }
 }

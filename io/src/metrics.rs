@@ -8,6 +8,7 @@
 //! `DataDrop::as_str()`); counters end in `_total`; durations are in seconds. Register every series at start-up
 //! (see [`Registry::drop_counters`]) so it shows as 0 before the first event.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -239,6 +240,94 @@ impl DropCounters {
     /// The reasons, in registration order.
     pub fn reasons(&self) -> &[&'static str] {
         &self.reasons
+    }
+}
+
+/// `mip_tunnel_packets_total` and `mip_tunnel_bytes_total` of one `direction` and `encapsulation`: the packets
+/// through a tunnel and their inner bytes.
+#[derive(Debug, Clone)]
+pub struct Traffic {
+    packets: Counter,
+    bytes: Counter,
+}
+
+impl Traffic {
+    /// Registers both series (`help`: the HELP text of the packet series, then of the byte series).
+    pub fn new(
+        r: &Registry,
+        help: [&'static str; 2],
+        direction: &'static str,
+        encapsulation: &'static str,
+    ) -> Result<Traffic, MetricsError> {
+        let labels = [("direction", direction), ("encapsulation", encapsulation)];
+        let [packets, bytes] = help;
+        Ok(Traffic {
+            packets: r.counter("mip_tunnel_packets_total", packets, &labels)?,
+            bytes: r.counter("mip_tunnel_bytes_total", bytes, &labels)?,
+        })
+    }
+
+    /// Counts one packet of `len` inner bytes.
+    #[inline]
+    pub fn count(&self, len: usize) {
+        self.packets.inc();
+        self.bytes.add(len as u64);
+    }
+}
+
+/// `mip_registrations_total{role, code}`: one counter per registration reply code. The codes given at start are
+/// registered at 0; any other code (one relayed from a home agent, say) is registered when first counted.
+#[derive(Debug)]
+pub struct ReplyCodes {
+    registry: Arc<Registry>,
+    help: &'static str,
+    role: &'static str,
+    counters: HashMap<u8, Counter>,
+}
+
+impl ReplyCodes {
+    /// Registers the series of `codes` for `role`.
+    pub fn new(
+        registry: Arc<Registry>,
+        help: &'static str,
+        role: &'static str,
+        codes: impl IntoIterator<Item = u8>,
+    ) -> Result<ReplyCodes, MetricsError> {
+        let mut c = ReplyCodes {
+            registry,
+            help,
+            role,
+            counters: HashMap::new(),
+        };
+        for code in codes {
+            let counter = c.register(code)?;
+            c.counters.insert(code, counter);
+        }
+        Ok(c)
+    }
+
+    fn register(&self, code: u8) -> Result<Counter, MetricsError> {
+        let code = code.to_string();
+        self.registry.counter(
+            "mip_registrations_total",
+            self.help,
+            &[("role", self.role), ("code", code.as_str())],
+        )
+    }
+
+    /// Counts one reply with `code`.
+    pub fn inc(&mut self, code: u8) {
+        if let Some(counter) = self.counters.get(&code) {
+            counter.inc();
+            return;
+        }
+        match self.register(code) {
+            Ok(counter) => {
+                counter.inc();
+                self.counters.insert(code, counter);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot register a registration counter"),
+        }
     }
 }
 

@@ -17,19 +17,19 @@
 //! | `mip_icmp_generated_total` | | ICMP errors the proxy generated itself (time exceeded, fragmentation needed) |
 //! | `mip_send_errors_total` | `socket` | datagrams or packets the kernel refused to send |
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use mip::binding::Encapsulation;
 use mip::dataplane::{DataDrop, DataPlane};
 use mip::roles::DropReason;
 use mip::wire::ReplyCode;
-use mip_io::metrics::{Counter, DropCounters, Gauge, Histogram, LATENCY_BUCKETS, MetricsError, Registry};
+use mip_io::metrics::{Counter, DropCounters, Gauge, Histogram, LATENCY_BUCKETS, MetricsError, Registry, ReplyCodes};
 
 const REGISTRATIONS: &str = "Registration replies sent to mobile nodes, by reply code.";
 const DROPS: &str = "Inputs dropped, by path and reason.";
 const PACKETS: &str = "Packets through the tunnels toward mobile nodes.";
 const BYTES: &str = "Inner packet bytes through the tunnels toward mobile nodes.";
+const TRAFFIC: [&str; 2] = [PACKETS, BYTES];
 const SEND_ERRORS: &str = "Datagrams or packets the kernel refused to send, by socket.";
 
 /// Reply codes registered at start: acceptance and every code the proxy itself generates or relays often.
@@ -62,29 +62,7 @@ pub enum Tunnel {
     Udp,
 }
 
-/// Packet and byte counters of one direction and encapsulation.
-#[derive(Debug, Clone)]
-pub struct Traffic {
-    packets: Counter,
-    bytes: Counter,
-}
-
-impl Traffic {
-    fn new(r: &Registry, direction: &'static str, encapsulation: &'static str) -> Result<Traffic, MetricsError> {
-        let labels = [("direction", direction), ("encapsulation", encapsulation)];
-        Ok(Traffic {
-            packets: r.counter("mip_tunnel_packets_total", PACKETS, &labels)?,
-            bytes: r.counter("mip_tunnel_bytes_total", BYTES, &labels)?,
-        })
-    }
-
-    /// Counts one packet of `len` inner bytes.
-    #[inline]
-    pub fn count(&self, len: usize) {
-        self.packets.inc();
-        self.bytes.add(len as u64);
-    }
-}
+pub use mip_io::metrics::Traffic;
 
 /// Send failures per socket.
 #[derive(Debug, Clone)]
@@ -105,7 +83,7 @@ pub struct SendErrors {
 #[derive(Debug)]
 pub struct ProxyMetrics {
     registry: Arc<Registry>,
-    registrations: HashMap<u8, Counter>,
+    registrations: ReplyCodes,
     control_drops: DropCounters,
     /// Data-plane drops, one series per [`DataDrop`].
     pub data_drops: DropCounters,
@@ -141,11 +119,6 @@ impl ProxyMetrics {
     /// Registers every series in `registry`; the MTU gauges are set from `dataplane` at its configured path MTU.
     pub fn new(registry: Arc<Registry>, dataplane: &DataPlane) -> Result<ProxyMetrics, MetricsError> {
         let r = &*registry;
-        let mut registrations = HashMap::new();
-        for code in REPLY_CODES {
-            let c = u8::from(*code);
-            registrations.insert(c, registration_counter(r, c)?);
-        }
         let control: Vec<&'static str> = DropReason::ALL.iter().map(|d| d.as_str()).collect();
         let data: Vec<&'static str> = DataDrop::ALL.iter().map(|d| d.as_str()).collect();
         let control_drops =
@@ -159,7 +132,12 @@ impl ProxyMetrics {
         }
         let send = |socket: &'static str| r.counter("mip_send_errors_total", SEND_ERRORS, &[("socket", socket)]);
         let metrics = ProxyMetrics {
-            registrations,
+            registrations: ReplyCodes::new(
+                Arc::clone(&registry),
+                REGISTRATIONS,
+                "proxy",
+                REPLY_CODES.iter().map(|c| u8::from(*c)),
+            )?,
             control_drops,
             data_drops,
             relay_latency: r.histogram(
@@ -174,10 +152,10 @@ impl ProxyMetrics {
                 "Relayed requests waiting for a home agent.",
                 &[],
             )?,
-            up_ipip: Traffic::new(r, "up", "ipip")?,
-            up_udp: Traffic::new(r, "up", "udp")?,
-            down_ipip: Traffic::new(r, "down", "ipip")?,
-            down_udp: Traffic::new(r, "down", "udp")?,
+            up_ipip: Traffic::new(r, TRAFFIC, "up", "ipip")?,
+            up_udp: Traffic::new(r, TRAFFIC, "up", "udp")?,
+            down_ipip: Traffic::new(r, TRAFFIC, "down", "ipip")?,
+            down_udp: Traffic::new(r, TRAFFIC, "down", "udp")?,
             ha_packets: r.counter(
                 "mip_ha_tunnel_packets_total",
                 "Packets out of home-agent tunnels handed to the VPN gateway.",
@@ -217,19 +195,7 @@ impl ProxyMetrics {
 
     /// Counts a reply sent to a mobile node.
     pub fn registration(&mut self, code: ReplyCode) {
-        let c = u8::from(code);
-        if let Some(counter) = self.registrations.get(&c) {
-            counter.inc();
-            return;
-        }
-        // A code not registered up front (relayed from a home agent): registered now, on the control path.
-        match registration_counter(&self.registry, c) {
-            Ok(counter) => {
-                counter.inc();
-                self.registrations.insert(c, counter);
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot register a registration counter"),
-        }
+        self.registrations.inc(u8::from(code));
     }
 
     /// Counts a control-plane drop.
@@ -264,15 +230,6 @@ impl ProxyMetrics {
             (false, Tunnel::Udp) => &self.down_udp,
         }
     }
-}
-
-fn registration_counter(r: &Registry, code: u8) -> Result<Counter, MetricsError> {
-    let code = code.to_string();
-    r.counter(
-        "mip_registrations_total",
-        REGISTRATIONS,
-        &[("role", "proxy"), ("code", code.as_str())],
-    )
 }
 
 #[cfg(test)]
