@@ -612,6 +612,14 @@ impl FaMetrics {
     fn data_drop(&self, reason: DataDrop) {
         self.data_drops.inc(reason.as_str());
     }
+
+    /// Counts the datagrams of `batch` that were too long (cut by the kernel) as malformed data.
+    fn truncated(&self, batch: &RecvBatch) {
+        let t = batch.truncated();
+        if t > 0 {
+            self.data_drops.add(DataDrop::Malformed.as_str(), t as u64);
+        }
+    }
 }
 
 // === kernel state ===
@@ -1370,9 +1378,7 @@ impl Core {
         let Some(more) = filled(r, batch, "a network UDP socket") else {
             return false;
         };
-        for _ in 0..batch.truncated() {
-            self.metrics.data_drop(DataDrop::Malformed);
-        }
+        self.metrics.truncated(batch);
         for r in batch.iter() {
             if r.payload.first() != Some(&tunnel::TYPE_TUNNEL_DATA) {
                 self.handle(now, FaInput::FromNetwork(r.datagram()));
@@ -1400,9 +1406,7 @@ impl Core {
         let Some(more) = filled(r, batch, "the raw IPIP socket") else {
             return false;
         };
-        for _ in 0..batch.truncated() {
-            self.metrics.data_drop(DataDrop::Malformed);
-        }
+        self.metrics.truncated(batch);
         for r in batch.iter() {
             let fa = &self.fa;
             match decap_ipip(r.payload, |a| fa.visitor(a)) {
@@ -1441,9 +1445,7 @@ impl Core {
         let Some(more) = filled(r, batch, "the TUN") else {
             return false;
         };
-        for _ in 0..batch.truncated() {
-            self.metrics.data_drop(DataDrop::Malformed);
-        }
+        self.metrics.truncated(batch);
         for r in batch.iter() {
             let fa = &self.fa;
             let t = match uplink_tunnel(r.payload, |a| fa.visitor(a)) {

@@ -45,8 +45,7 @@ use mip::keystore::KeyStore;
 use mip::roles::ha::{HaInput, HaOutput, HomeAgent};
 use mip::roles::{BindingChangeKind, Now};
 use mip::time::Instant;
-use mip::wire::ipv4::{Ipv4Packet, protocol};
-use mip::wire::tunnel::{self, TunnelDataPacket};
+use mip::wire::tunnel;
 use mip::wire::udp::MIP_PORT;
 use mip_io::Clock;
 use mip_io::batch::RecvBatch;
@@ -212,10 +211,7 @@ impl Service for HaService {
         let c = &mut self.core;
         match token {
             UDP_TOKEN => {
-                c.icmp_errors.clear();
-                if let Ok(n) = c.udp.take_icmp_errors(&mut c.icmp_errors) {
-                    c.m.common.icmp_errors.add(n as u64);
-                }
+                tunnel_io::count_icmp_errors(&c.udp, &mut c.icmp_errors, &c.m.common.icmp_errors);
                 while filled(c.udp.recv_batch(&mut self.batch), &self.batch, "the UDP socket").is_some() {
                     for r in self.batch.iter() {
                         if r.payload.first() == Some(&tunnel::TYPE_TUNNEL_DATA) {
@@ -450,16 +446,13 @@ impl Core {
     /// binding (with T) whose home address is the inner source.
     fn reverse_ipip(&mut self, packet: &[u8]) {
         let drops = &self.m.up_drops;
-        let Ok(outer) = Ipv4Packet::new_checked(packet) else {
-            drops.inc("malformed");
-            return;
+        let (outer_src, payload) = match tunnel_io::ipip_outer(packet) {
+            Ok(x) => x,
+            Err(reason) => {
+                drops.inc(reason);
+                return;
+            }
         };
-        if outer.protocol() != protocol::IPIP {
-            drops.inc("wrong_protocol");
-            return;
-        }
-        let outer_src = outer.src_addr();
-        let payload = outer.into_payload();
         let Some(i) = tunnel_io::inner(payload) else {
             drops.inc("malformed");
             return;
@@ -487,20 +480,13 @@ impl Core {
     /// to this HA) is answered through the tunnel, anything else is reverse-tunnelled traffic.
     fn tunnel_data(&mut self, src: SocketAddrV4, payload: &[u8]) {
         let drops = &self.m.up_drops;
-        let Ok(t) = TunnelDataPacket::new_checked(payload) else {
-            drops.inc("malformed");
-            return;
+        let (i, inner) = match tunnel_io::tunnel_data_inner(payload) {
+            Ok(x) => x,
+            Err(reason) => {
+                drops.inc(reason);
+                return;
+            }
         };
-        if t.next_header() != tunnel::NEXT_HEADER_IPV4 {
-            drops.inc("wrong_next_header");
-            return;
-        }
-        let inner = payload.get(tunnel::HEADER_LEN..).unwrap_or(&[]);
-        let Some(i) = tunnel_io::inner(inner) else {
-            drops.inc("malformed");
-            return;
-        };
-        let inner = inner.get(..i.len).unwrap_or(inner);
         let Some(entry) = self.ha.bindings().get_by_home(i.src) else {
             drops.inc("not_bound");
             return;

@@ -59,7 +59,7 @@ use mip::roles::mn::{Attachment, MIP_PORT, MnInput, MnOutput, MnState, MnTunnel,
 use mip::time::Instant;
 use mip::wire::icmp::types as icmp_types;
 use mip::wire::ipv4::{self, Ipv4Packet, Ipv4Repr, protocol};
-use mip::wire::tunnel::{self, TunnelDataPacket};
+use mip::wire::tunnel;
 use mip::wire::{AgentAdvertisementRepr, AgentSolicitation, MobilityAgentFlags};
 use mip_io::Clock;
 use mip_io::batch::RecvBatch;
@@ -471,10 +471,7 @@ impl Service for MnService {
         let c = &mut self.core;
         match token {
             UDP_TOKEN => {
-                c.icmp_errors.clear();
-                if let Ok(n) = c.udp.take_icmp_errors(&mut c.icmp_errors) {
-                    c.m.common.icmp_errors.add(n as u64);
-                }
+                tunnel_io::count_icmp_errors(&c.udp, &mut c.icmp_errors, &c.m.common.icmp_errors);
                 while filled(c.udp.recv_batch(&mut self.batch), &self.batch, "the UDP socket").is_some() {
                     for r in self.batch.iter() {
                         match r.payload.first() {
@@ -1039,20 +1036,13 @@ impl Core {
             drops.inc("not_peer");
             return;
         }
-        let Ok(t) = TunnelDataPacket::new_checked(payload) else {
-            drops.inc("malformed");
-            return;
+        let (i, inner) = match tunnel_io::tunnel_data_inner(payload) {
+            Ok(x) => x,
+            Err(reason) => {
+                drops.inc(reason);
+                return;
+            }
         };
-        if t.next_header() != tunnel::NEXT_HEADER_IPV4 {
-            drops.inc("wrong_next_header");
-            return;
-        }
-        let inner = payload.get(tunnel::HEADER_LEN..).unwrap_or(&[]);
-        let Some(i) = tunnel_io::inner(inner) else {
-            drops.inc("malformed");
-            return;
-        };
-        let inner = inner.get(..i.len).unwrap_or(inner);
         if i.src == peer && i.dst == self.hoa && matches!(tunnel_io::echo(inner), Some((true, ..))) {
             self.m.keepalives_answered.inc();
             self.feed(now, MnInput::KeepaliveReply);
@@ -1064,23 +1054,21 @@ impl Core {
     /// An IP-in-IP packet (outer header included) from the raw socket.
     fn downlink_ipip(&mut self, packet: &[u8]) {
         let drops = &self.m.down_drops;
-        let Ok(outer) = Ipv4Packet::new_checked(packet) else {
-            drops.inc("malformed");
-            return;
+        let (outer_src, payload) = match tunnel_io::ipip_outer(packet) {
+            Ok(x) => x,
+            Err(reason) => {
+                drops.inc(reason);
+                return;
+            }
         };
-        if outer.protocol() != protocol::IPIP {
-            drops.inc("wrong_protocol");
-            return;
-        }
         let Some(peer) = self.session.and_then(|s| s.peer()) else {
             drops.inc("not_registered");
             return;
         };
-        if outer.src_addr() != peer {
+        if outer_src != peer {
             drops.inc("not_peer");
             return;
         }
-        let payload = outer.into_payload();
         let Some(i) = tunnel_io::inner(payload) else {
             drops.inc("malformed");
             return;

@@ -15,9 +15,10 @@ use mip::binding::Encapsulation;
 use mip::dataplane::overhead;
 use mip::wire::icmp::{IcmpPacket, IcmpRepr, types as icmp_types};
 use mip::wire::ipv4::{self, Ipv4Packet, Ipv4Repr, protocol};
-use mip::wire::tunnel::{self, TunnelDataRepr};
+use mip::wire::tunnel::{self, TunnelDataPacket, TunnelDataRepr};
 use mip::wire::udp::{self, UdpRepr};
 use mip_io::metrics::{Counter, DropCounters, Registry, ReplyCodes, Traffic};
+use mip_io::socket::{IcmpErrorReport, UdpSocket};
 use mip_io::tun::Tun;
 
 /// Free bytes kept in front of an inner packet: room for the largest outer header stack (IPv4 + UDP + Tunnel
@@ -79,6 +80,36 @@ pub fn inner(packet: &[u8]) -> Option<Inner> {
         df: p.dont_frag(),
         len: usize::from(p.total_len()),
     })
+}
+
+/// The outer source and the payload of an IP-in-IP packet; `Err` names the drop reason (`malformed`,
+/// `wrong_protocol`).
+pub fn ipip_outer(packet: &[u8]) -> Result<(Ipv4Addr, &[u8]), &'static str> {
+    let outer = Ipv4Packet::new_checked(packet).map_err(|_| "malformed")?;
+    if outer.protocol() != protocol::IPIP {
+        return Err("wrong_protocol");
+    }
+    Ok((outer.src_addr(), outer.into_payload()))
+}
+
+/// The inner IPv4 packet of an RFC 3519 Tunnel Data message, cut to its Total Length; `Err` names the drop
+/// reason (`malformed`, `wrong_next_header`).
+pub fn tunnel_data_inner(payload: &[u8]) -> Result<(Inner, &[u8]), &'static str> {
+    let t = TunnelDataPacket::new_checked(payload).map_err(|_| "malformed")?;
+    if t.next_header() != tunnel::NEXT_HEADER_IPV4 {
+        return Err("wrong_next_header");
+    }
+    let inner = payload.get(tunnel::HEADER_LEN..).unwrap_or(&[]);
+    let i = self::inner(inner).ok_or("malformed")?;
+    Ok((i, inner.get(..i.len).unwrap_or(inner)))
+}
+
+/// Takes the ICMP errors the kernel queued on `udp` (into `scratch`, emptied first) and counts them in `counter`.
+pub fn count_icmp_errors(udp: &UdpSocket, scratch: &mut Vec<IcmpErrorReport>, counter: &Counter) {
+    scratch.clear();
+    if let Ok(n) = udp.take_icmp_errors(scratch) {
+        counter.add(n as u64);
+    }
 }
 
 /// Reads one packet from `tun` into `buf[HEADROOM..]` and returns its length; `None` once the TUN is drained
