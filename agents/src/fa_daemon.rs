@@ -83,7 +83,7 @@ use mip::wire::{ErrorKind, ReplyCode};
 use mip_io::batch::{BUFFER_SIZE, DEFAULT_BATCH, RecvBatch, SendBatch};
 use mip_io::clock::Clock;
 use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service, filled};
-use mip_io::metrics::{Counter, DropCounters, Gauge, MetricsError, Registry, ReplyCodes, Traffic};
+use mip_io::metrics::{Counter, DropCounters, Gauge, MetricsError, Registry, ReplyCodes, TunnelTraffic};
 use mip_io::net::{self, NetError, Route, Rule};
 use mip_io::socket::{RawSocket, UdpOptions, UdpSocket};
 use mip_io::tun::Tun;
@@ -519,10 +519,7 @@ struct FaMetrics {
     pending: Gauge,
     advertisements: Counter,
     solicitations: Counter,
-    up_ipip: Traffic,
-    up_udp: Traffic,
-    down_ipip: Traffic,
-    down_udp: Traffic,
+    tunnels: TunnelTraffic,
     keepalives_sent: Counter,
     keepalives_answered: Counter,
     link_resolutions: Counter,
@@ -565,10 +562,7 @@ impl FaMetrics {
                 "Agent Solicitations received on the visited link.",
                 &[],
             )?,
-            up_ipip: Traffic::new(r, TRAFFIC, "up", "ipip")?,
-            up_udp: Traffic::new(r, TRAFFIC, "up", "udp")?,
-            down_ipip: Traffic::new(r, TRAFFIC, "down", "ipip")?,
-            down_udp: Traffic::new(r, TRAFFIC, "down", "udp")?,
+            tunnels: TunnelTraffic::new(r, TRAFFIC)?,
             keepalives_sent: keepalive("sent")?,
             keepalives_answered: keepalive("answered")?,
             link_resolutions: r.counter(
@@ -1387,7 +1381,7 @@ impl Core {
             let fa = &self.fa;
             match decap_udp(r.src, *r.dst.ip(), r.payload, |a| fa.visitor(a)) {
                 UdpDecap::Deliver(inner) => match self.kernel.tun.write(inner) {
-                    Ok(_) => self.metrics.down_udp.count(inner.len()),
+                    Ok(_) => self.metrics.tunnels.down_udp.count(inner.len()),
                     Err(_) => self.metrics.send_errors.tun.inc(),
                 },
                 UdpDecap::KeepaliveReply => {
@@ -1411,7 +1405,7 @@ impl Core {
             let fa = &self.fa;
             match decap_ipip(r.payload, |a| fa.visitor(a)) {
                 Ok(inner) => match self.kernel.tun.write(inner) {
-                    Ok(_) => self.metrics.down_ipip.count(inner.len()),
+                    Ok(_) => self.metrics.tunnels.down_ipip.count(inner.len()),
                     Err(_) => self.metrics.send_errors.tun.inc(),
                 },
                 Err(d) => self.metrics.data_drop(d),
@@ -1476,7 +1470,7 @@ impl Core {
         let outer = self.scratch.get(..len).unwrap_or(&[]);
         let dst = SocketAddrV4::new(t.remote.addr, 0);
         match self.send.push(outer, dst) {
-            Ok(()) => self.metrics.up_ipip.count(len - ipv4::HEADER_LEN),
+            Ok(()) => self.metrics.tunnels.up_ipip.count(len - ipv4::HEADER_LEN),
             Err(_) => self.metrics.data_drop(DataDrop::NoRoom),
         }
     }
@@ -1496,7 +1490,7 @@ impl Core {
                 s.send_from(payload, Some(local), remote, None)
             });
         match sent {
-            Ok(()) => self.metrics.up_udp.count(len - tunnel::HEADER_LEN),
+            Ok(()) => self.metrics.tunnels.up_udp.count(len - tunnel::HEADER_LEN),
             Err(e) => {
                 self.metrics.send_errors.network.inc();
                 tracing::debug!(error = %e, %remote, "UDP tunnel send");

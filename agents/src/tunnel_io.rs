@@ -17,7 +17,7 @@ use mip::wire::icmp::{IcmpPacket, IcmpRepr, types as icmp_types};
 use mip::wire::ipv4::{self, Ipv4Packet, Ipv4Repr, protocol};
 use mip::wire::tunnel::{self, TunnelDataPacket, TunnelDataRepr};
 use mip::wire::udp::{self, UdpRepr};
-use mip_io::metrics::{Counter, DropCounters, Registry, ReplyCodes, Traffic};
+use mip_io::metrics::{Counter, DropCounters, Registry, ReplyCodes, TunnelTraffic};
 use mip_io::socket::{IcmpErrorReport, UdpSocket};
 use mip_io::tun::Tun;
 
@@ -298,9 +298,8 @@ pub struct CommonMetrics {
     registry: Arc<Registry>,
     /// `mip_registrations_total{role, code}`.
     codes: ReplyCodes,
-    /// `mip_tunnel_packets_total` and `mip_tunnel_bytes_total` with `direction="up"|"down"` and
-    /// `encapsulation="ipip"|"udp"`, indexed by [`Dir`] × [`Enc`].
-    traffic: [[Traffic; 2]; 2],
+    /// `mip_tunnel_packets_total` and `mip_tunnel_bytes_total{direction, encapsulation}`.
+    traffic: TunnelTraffic,
     /// `mip_drops_total{path="control", reason}`.
     pub control_drops: DropCounters,
     /// `mip_icmp_errors_total`: ICMP errors the kernel reported about datagrams the registration socket sent.
@@ -346,11 +345,7 @@ impl CommonMetrics {
             "Packets carried through Mobile IP tunnels.",
             "Bytes of inner packets carried through Mobile IP tunnels.",
         ];
-        let t = |dir, enc| Traffic::new(r, TRAFFIC, dir, enc).map_err(metric_err);
-        let traffic = [
-            [t("up", "ipip")?, t("up", "udp")?],
-            [t("down", "ipip")?, t("down", "udp")?],
-        ];
+        let traffic = TunnelTraffic::new(r, TRAFFIC).map_err(metric_err)?;
         Ok(CommonMetrics {
             registry: Arc::clone(registry),
             codes: ReplyCodes::new(Arc::clone(registry), "Registration outcomes by reply code.", role, [])
@@ -404,9 +399,7 @@ impl CommonMetrics {
 
     /// Counts one tunnelled packet of `bytes` inner bytes.
     pub fn tunnel(&self, dir: Dir, enc: Enc, bytes: usize) {
-        if let Some(t) = self.traffic.get(dir as usize).and_then(|row| row.get(enc as usize)) {
-            t.count(bytes);
-        }
+        self.traffic.get(dir == Dir::Up, enc == Enc::Udp).count(bytes);
     }
 }
 

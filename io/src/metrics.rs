@@ -275,6 +275,42 @@ impl Traffic {
     }
 }
 
+/// The [`Traffic`] of both directions (`up`: from mobile nodes, `down`: toward them) and both encapsulations
+/// (`ipip`, `udp`).
+#[derive(Debug, Clone)]
+pub struct TunnelTraffic {
+    /// `direction="up", encapsulation="ipip"`.
+    pub up_ipip: Traffic,
+    /// `direction="up", encapsulation="udp"`.
+    pub up_udp: Traffic,
+    /// `direction="down", encapsulation="ipip"`.
+    pub down_ipip: Traffic,
+    /// `direction="down", encapsulation="udp"`.
+    pub down_udp: Traffic,
+}
+
+impl TunnelTraffic {
+    /// Registers the eight series (`help` as for [`Traffic::new`]).
+    pub fn new(r: &Registry, help: [&'static str; 2]) -> Result<TunnelTraffic, MetricsError> {
+        Ok(TunnelTraffic {
+            up_ipip: Traffic::new(r, help, "up", "ipip")?,
+            up_udp: Traffic::new(r, help, "up", "udp")?,
+            down_ipip: Traffic::new(r, help, "down", "ipip")?,
+            down_udp: Traffic::new(r, help, "down", "udp")?,
+        })
+    }
+
+    /// The counters of one direction and encapsulation.
+    pub fn get(&self, up: bool, udp: bool) -> &Traffic {
+        match (up, udp) {
+            (true, false) => &self.up_ipip,
+            (true, true) => &self.up_udp,
+            (false, false) => &self.down_ipip,
+            (false, true) => &self.down_udp,
+        }
+    }
+}
+
 /// `mip_registrations_total{role, code}`: one counter per registration reply code. The codes given at start are
 /// registered at 0; any other code (one relayed from a home agent, say) is registered when first counted.
 #[derive(Debug)]

@@ -62,7 +62,7 @@ pub enum Tunnel {
     Udp,
 }
 
-pub use mip_io::metrics::Traffic;
+pub use mip_io::metrics::{Traffic, TunnelTraffic};
 
 /// Send failures per socket.
 #[derive(Debug, Clone)]
@@ -93,14 +93,8 @@ pub struct ProxyMetrics {
     pub bindings: Gauge,
     /// Relayed requests waiting for a home agent.
     pub pending: Gauge,
-    /// Uplink IP-in-IP.
-    pub up_ipip: Traffic,
-    /// Uplink UDP tunnel.
-    pub up_udp: Traffic,
-    /// Downlink IP-in-IP.
-    pub down_ipip: Traffic,
-    /// Downlink UDP tunnel.
-    pub down_udp: Traffic,
+    /// Tunnel traffic toward and from mobile nodes.
+    pub tunnels: TunnelTraffic,
     /// Packets out of home-agent tunnels toward the VPN gateway.
     pub ha_packets: Counter,
     /// Their inner bytes.
@@ -152,10 +146,7 @@ impl ProxyMetrics {
                 "Relayed requests waiting for a home agent.",
                 &[],
             )?,
-            up_ipip: Traffic::new(r, TRAFFIC, "up", "ipip")?,
-            up_udp: Traffic::new(r, TRAFFIC, "up", "udp")?,
-            down_ipip: Traffic::new(r, TRAFFIC, "down", "ipip")?,
-            down_udp: Traffic::new(r, TRAFFIC, "down", "udp")?,
+            tunnels: TunnelTraffic::new(r, TRAFFIC)?,
             ha_packets: r.counter(
                 "mip_ha_tunnel_packets_total",
                 "Packets out of home-agent tunnels handed to the VPN gateway.",
@@ -223,12 +214,7 @@ impl ProxyMetrics {
     /// The traffic counters of one direction and tunnel.
     #[inline]
     pub fn traffic(&self, up: bool, tunnel: Tunnel) -> &Traffic {
-        match (up, tunnel) {
-            (true, Tunnel::Ipip) => &self.up_ipip,
-            (true, Tunnel::Udp) => &self.up_udp,
-            (false, Tunnel::Ipip) => &self.down_ipip,
-            (false, Tunnel::Udp) => &self.down_udp,
-        }
+        self.tunnels.get(up, tunnel == Tunnel::Udp)
     }
 }
 
