@@ -83,7 +83,9 @@ use mip::wire::{ErrorKind, ReplyCode};
 use mip_io::batch::{BUFFER_SIZE, DEFAULT_BATCH, RecvBatch, SendBatch};
 use mip_io::clock::Clock;
 use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service, filled};
-use mip_io::metrics::{Counter, DropCounters, Gauge, MetricsError, Registry, ReplyCodes, TunnelTraffic};
+use mip_io::metrics::{
+    Counter, DropCounters, Gauge, MetricsError, Registry, ReplyCodes, TunnelTraffic, count_control_drop,
+};
 use mip_io::net::{self, NetError, Route, Rule};
 use mip_io::socket::{RawSocket, UdpOptions, UdpSocket};
 use mip_io::tun::Tun;
@@ -591,16 +593,7 @@ impl FaMetrics {
     }
 
     fn control_drop(&self, label: &'static str) {
-        if self.control_drops.inc(label) {
-            return;
-        }
-        match self
-            .registry
-            .counter("mip_drops_total", DROPS, &[("path", "control"), ("reason", label)])
-        {
-            Ok(c) => c.inc(),
-            Err(e) => tracing::warn!(error = %e, "cannot register a drop counter"),
-        }
+        count_control_drop(&self.registry, &self.control_drops, DROPS, label);
     }
 
     fn data_drop(&self, reason: DataDrop) {

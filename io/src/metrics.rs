@@ -311,6 +311,19 @@ impl TunnelTraffic {
     }
 }
 
+/// Counts one dropped control-plane input in `drops` (`mip_drops_total{path="control", reason}`, registered up
+/// front), or, for a `reason` missing from its list (one added to `mip` after the list was written), in the
+/// series registered now on `registry` with `help`.
+pub fn count_control_drop(registry: &Registry, drops: &DropCounters, help: &'static str, reason: &'static str) {
+    if drops.inc(reason) {
+        return;
+    }
+    match registry.counter("mip_drops_total", help, &[("path", "control"), ("reason", reason)]) {
+        Ok(c) => c.inc(),
+        Err(e) => tracing::warn!(error = %e, "cannot register a drop counter"),
+    }
+}
+
 /// `mip_registrations_total{role, code}`: one counter per registration reply code. The codes given at start are
 /// registered at 0; any other code (one relayed from a home agent, say) is registered when first counted.
 #[derive(Debug)]

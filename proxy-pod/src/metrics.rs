@@ -23,7 +23,9 @@ use mip::binding::Encapsulation;
 use mip::dataplane::{DataDrop, DataPlane};
 use mip::roles::DropReason;
 use mip::wire::ReplyCode;
-use mip_io::metrics::{Counter, DropCounters, Gauge, Histogram, LATENCY_BUCKETS, MetricsError, Registry, ReplyCodes};
+use mip_io::metrics::{
+    Counter, DropCounters, Gauge, Histogram, LATENCY_BUCKETS, MetricsError, Registry, ReplyCodes, count_control_drop,
+};
 
 const REGISTRATIONS: &str = "Registration replies sent to mobile nodes, by reply code.";
 const DROPS: &str = "Inputs dropped, by path and reason.";
@@ -191,18 +193,7 @@ impl ProxyMetrics {
 
     /// Counts a control-plane drop.
     pub fn control_drop(&self, reason: DropReason) {
-        let label = reason.as_str();
-        if self.control_drops.inc(label) {
-            return;
-        }
-        // A reason added to `mip` after this list was written: registered on first use.
-        match self
-            .registry
-            .counter("mip_drops_total", DROPS, &[("path", "control"), ("reason", label)])
-        {
-            Ok(c) => c.inc(),
-            Err(e) => tracing::warn!(error = %e, "cannot register a drop counter"),
-        }
+        count_control_drop(&self.registry, &self.control_drops, DROPS, reason.as_str());
     }
 
     /// Counts a data-plane drop.
