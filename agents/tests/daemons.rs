@@ -20,6 +20,9 @@ use mip_io::batch::RecvBatch;
 use mip_io::socket::RawSocket;
 use serde_json::Value;
 
+mod common;
+use common::run;
+
 const KEYS: &str = "security_associations:\n  - home_address: 10.10.1.50\n    spi: 256\n    key: \"000102030405060708090a0b0c0d0e0f\"\n";
 const HOA: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 50);
 const ADMIN: &str = "127.0.0.1:9434";
@@ -32,21 +35,6 @@ struct Lab {
     namespaces: Vec<String>,
     children: Vec<(String, Child, PathBuf)>,
     dir: PathBuf,
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "`{program} {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl Lab {

@@ -41,6 +41,9 @@ use mip_io::clock::Clock;
 use mip_io::socket::{RawSocket, UdpSocket};
 use serde_json::Value;
 
+mod common;
+use common::run;
+
 const HOA: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 50);
 const PROXY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const GW: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
@@ -52,21 +55,6 @@ const ADMIN: &str = "127.0.0.1:9434";
 const TABLE: u32 = 200;
 
 // === the lab ===
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "`{program} {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Namespaces and the daemon of one test; dropping it removes everything.
 struct Lab {
