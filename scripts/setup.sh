@@ -9,6 +9,8 @@ has_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok 
 command -v tshark >/dev/null 2>&1 || need_apt+=(tshark)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
+# protoc for mip-proto (tonic-prost-build generates the gRPC code at build time and bundles no protoc).
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 # The namespace lab (e2e/, docs/lab.md): strongSwan with kernel-libipsec as VPN client and gateway,
 # nftables masquerade as NAT, captures, and the probe/transfer helpers.
 for pkg in strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins \
