@@ -4,7 +4,7 @@
 //! * `ike_reestablish` — strongSwan alone (road warrior straight to the gateway, virtual IP), MOBIKE off:
 //!   charon reauthenticates (break-before-make) on the address change;
 //! * `mobike` — the same with MOBIKE on;
-//! * `mip_proxy` — the product's path; it plugs in through [`HandoffPath`] and [`mip_proxy_hook`] (HOOK).
+//! * `mip_proxy` — the product's path ([`crate::mip_path::MipProxyPath`], a [`HandoffPath`]).
 //!
 //! Cases: each path at 0 and 40 ms added RTT (the delay line adds 20 ms per transit of ns inet), `runs`
 //! hand-offs alternating C1 <-> A (the subnet and the NAT change), plus the NAT-change-only case C1 <-> C2 at
@@ -268,8 +268,6 @@ impl CaseDetail {
 pub struct BenchReport {
     /// Measured cases, in order.
     pub cases: Vec<CaseDetail>,
-    /// Paths that were requested but could not run, with the reason.
-    pub skipped: Vec<(PathKind, String)>,
 }
 
 #[derive(serde::Serialize)]
@@ -323,9 +321,6 @@ impl BenchReport {
                 ike,
                 kept
             );
-        }
-        for (p, why) in &self.skipped {
-            let _ = writeln!(s, "{:<16} skipped: {why}", p.name());
         }
         s
     }
@@ -423,16 +418,6 @@ pub trait HandoffPath {
     }
     /// Stops what `prepare` started.
     fn finish(&mut self, lab: &mut Lab) -> Result<()>;
-}
-
-/// Creates the `mip_proxy` path for the benchmark.
-pub type MipProxyFactory = Box<dyn FnMut() -> Result<Box<dyn HandoffPath>>>;
-
-/// HOOK(mip_proxy): where the product's path plugs in: [`crate::mip_path::MipProxyPath`] starts mip-ha,
-/// mip-proxy and mip-mn, then the data-path charons through [`crate::system::System::start`], and checks the
-/// echo through the SA (source = HoA) before every hand-off.
-pub fn mip_proxy_hook() -> Option<MipProxyFactory> {
-    Some(crate::mip_path::factory())
 }
 
 /// strongSwan alone: the MN's VPN client straight to the gateway, virtual IP from the pool.
@@ -649,7 +634,7 @@ pub fn run_case(
 
 /// Runs the hand-off benchmark in a fresh lab: the baseline paths and, when `mip_proxy` is given, the
 /// product's path.
-pub fn bench_handoff(opts: &BenchOptions, mut mip_proxy: Option<MipProxyFactory>) -> Result<BenchReport> {
+pub fn bench_handoff(opts: &BenchOptions) -> Result<BenchReport> {
     crate::require_lab_tools()?;
     let mut lab = Lab::up(opts.lab.clone())?;
     let echo_log = lab.run_dir().join("echo.log");
@@ -664,14 +649,7 @@ pub fn bench_handoff(opts: &BenchOptions, mut mip_proxy: Option<MipProxyFactory>
         paths.push(Box::new(StrongswanOnly::new(true)));
     }
     if opts.only != Only::Baseline {
-        match mip_proxy.as_mut().map(|f| f()) {
-            Some(Ok(p)) => paths.push(p),
-            Some(Err(e)) => report.skipped.push((PathKind::MipProxy, e.to_string())),
-            None => report.skipped.push((
-                PathKind::MipProxy,
-                "not wired yet: bench::mip_proxy_hook() returns None until the daemons exist".into(),
-            )),
-        }
+        paths.push(Box::new(crate::mip_path::MipProxyPath::default()));
     }
     // Interleave the paths per RTT so a slow drift of the machine does not favour one path.
     let per_path: Vec<Vec<CaseSpec>> = paths.iter().map(|p| cases_for(p.kind(), opts)).collect();
@@ -791,11 +769,7 @@ mod tests {
         assert_eq!((r.runs, r.recovered), (4, 3));
         assert_eq!(r.interruption_ms.median, Some(200.0));
         assert_eq!(r.interruption_ms.max, Some(300.0));
-        let json = BenchReport {
-            cases: vec![d],
-            skipped: Vec::new(),
-        }
-        .to_json();
+        let json = BenchReport { cases: vec![d] }.to_json();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         let case = &v["cases"][0];
         assert_eq!(case["path"], "mobike");

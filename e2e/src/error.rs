@@ -67,9 +67,6 @@ pub enum Error {
     /// The lab is used in a way it does not support (bad prefix, not root, ...).
     #[error("{0}")]
     Usage(String),
-    /// A part of the harness that other work plugs in later (the `mip_proxy` bench path).
-    #[error("not implemented yet: {0}")]
-    NotImplemented(String),
     /// Ctrl-C / SIGTERM arrived while a long operation was running.
     #[error("interrupted")]
     Interrupted,

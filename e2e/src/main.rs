@@ -302,7 +302,7 @@ fn run(cli: Cli) -> Result<()> {
                 stop,
                 ..BenchOptions::default()
             };
-            let report = bench::bench_handoff(&opts, bench::mip_proxy_hook())?;
+            let report = bench::bench_handoff(&opts)?;
             std::fs::write(&json, report.to_json()).with_context(|| format!("writing {}", json.display()))?;
             if let Some(d) = details {
                 std::fs::write(&d, report.details_json()).with_context(|| format!("writing {}", d.display()))?;

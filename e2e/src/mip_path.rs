@@ -12,7 +12,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::bench::{CaseSpec, DaemonTimeline, HandoffPath, MipProxyFactory, PathKind, SaSnapshot};
+use crate::bench::{CaseSpec, DaemonTimeline, HandoffPath, PathKind, SaSnapshot};
 use crate::error::{Error, IoContext, Result};
 use crate::plan;
 use crate::probe;
@@ -27,11 +27,6 @@ pub struct MipProxyPath {
     cursors: (u64, u64),
     /// Byte offsets of the MN's and the proxy's logs when the current hand-off started.
     log_marks: (u64, u64),
-}
-
-/// The factory [`crate::bench::mip_proxy_hook`] returns.
-pub fn factory() -> MipProxyFactory {
-    Box::new(|| Ok(Box::new(MipProxyPath::default()) as Box<dyn HandoffPath>))
 }
 
 fn echo_target() -> std::net::SocketAddrV4 {
