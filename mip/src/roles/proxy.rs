@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::tunnel::{self, TunnelDecision, TunnelPolicy};
 use super::{BindingChange, BindingChangeKind, Datagram, DropReason, Now, RegistrationOutcome, Rng, Transmit};
 use crate::auth::{SecurityAssociation, Spi};
-use crate::binding::{Binding, BindingCache, BindingKey, Encapsulation, TunnelEndpoint, Upsert};
+use crate::binding::{Binding, BindingCache, BindingError, BindingKey, Encapsulation, TunnelEndpoint, Upsert};
 use crate::config::{ConfigError, Prefix, Validate};
 use crate::keystore::KeyStore;
 use crate::replay::{ReplayState, ReplayStyle, ReplayVerdict};
@@ -305,6 +305,20 @@ pub enum ProxyOutput {
     Drop(DropReason),
 }
 
+/// One node's state for replication between proxy replicas ([`Proxy::apply_replicated`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicatedNode<'a> {
+    /// The node's home address (0.0.0.0 if only the NAI is known).
+    pub home_address: Ipv4Addr,
+    /// The node's NAI, if it registered with one.
+    pub nai: Option<&'a str>,
+    /// Every binding the node has at the peer, with `expires_at` already converted to this replica's clock; empty
+    /// when the node has none any more.
+    pub bindings: &'a [Binding],
+    /// Identification of the node's last accepted registration.
+    pub last_accepted: Option<u64>,
+}
+
 // === state ===
 
 /// A mobile node's identity for replay state and pending requests: its NAI when it has one (stable across home
@@ -389,6 +403,47 @@ impl Proxy {
             pending_timeouts: VecDeque::new(),
             rng: Rng::new(seed),
         }
+    }
+
+    /// Installs a node's state as a peer replica holds it (scale-out, ARCHITECTURE.md "Scale-out"): the node's
+    /// whole binding set replaces this replica's (an empty set removes the node; zero-lifetime entries are
+    /// skipped), and the Identification of its last accepted registration moves the replay state forward, so a
+    /// request replayed at this replica is refused as it would be at the peer. Nothing is sent and pending
+    /// requests stay local (each replica relays from its own node address). Which replica's state wins is decided
+    /// before this call (`mip-replication`); this only installs the winner.
+    pub fn apply_replicated(&mut self, node: &ReplicatedNode<'_>) -> Result<(), BindingError> {
+        let home = node.home_address;
+        let key = match (home.is_unspecified(), node.nai) {
+            (false, _) => BindingKey::Home(home),
+            (true, Some(n)) => BindingKey::Nai(n.into()),
+            (true, None) => return Err(BindingError::NoKey),
+        };
+        self.bindings.remove_all(&key);
+        for b in node.bindings.iter().filter(|b| b.lifetime != 0) {
+            self.bindings.upsert(home, node.nai, *b, true)?;
+        }
+        if let Some(id) = node.last_accepted {
+            let sas = if home.is_unspecified() {
+                node.nai.map_or(&[][..], |n| self.keys.for_nai(n))
+            } else {
+                self.keys.for_peer(home)
+            };
+            if let Some(style) = sas.first().map(|sa| sa.replay) {
+                self.replay
+                    .entry(MnKey::of(home, node.nai.map(str::as_bytes)))
+                    .or_default()
+                    .accept(&style, id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The Identification of the node's last accepted registration (what [`ReplicatedNode::last_accepted`]
+    /// carries to the peers).
+    pub fn last_accepted(&self, home_address: Ipv4Addr, nai: Option<&str>) -> Option<u64> {
+        self.replay
+            .get(&MnKey::of(home_address, nai.map(str::as_bytes)))
+            .and_then(ReplayState::last_accepted)
     }
 
     /// Replaces the security associations (key reload); bindings, replay state and pending requests stay.

@@ -1366,3 +1366,66 @@ fn scenario_d_fa_behind_nat() {
         }
     );
 }
+
+// --- scale-out: state installed from a peer replica ---
+
+#[test]
+fn replicated_state_serves_data_and_refuses_a_replay_at_another_replica() {
+    // Replica A accepts V1; replica B gets A's state for the node.
+    let mut a = proxy();
+    let out = register(&mut a, at(0), &h(V1), mn_src(), 600);
+    assert_eq!(reply_of(only_send(&out)).repr.code, ReplyCode::Accepted);
+    let bindings: Vec<Binding> = a.bindings().get_by_home(HOA).unwrap().bindings().to_vec();
+    let last = a.last_accepted(HOA, None);
+    assert_eq!(last, Some(ID));
+    let mut b = proxy();
+    b.apply_replicated(&ReplicatedNode {
+        home_address: HOA,
+        nai: None,
+        bindings: &bindings,
+        last_accepted: last,
+    })
+    .unwrap();
+    assert_eq!(binding_of(&b, bindings[0].care_of_address), bindings[0]);
+    assert_eq!(b.last_accepted(HOA, None), Some(ID));
+    // The same request replayed at B: refused with 133 (Identification mismatch), nothing relayed.
+    let out = run(&mut b, at(1), ProxyInput::FromMobile(from_mn(&h(V1), mn_src())));
+    assert_eq!(reply_of(only_send(&out)).repr.code, ReplyCode::IdentificationMismatch);
+    assert_eq!(b.pending_count(), 0);
+    // Applying again is idempotent; an empty set removes the node.
+    b.apply_replicated(&ReplicatedNode {
+        home_address: HOA,
+        nai: None,
+        bindings: &bindings,
+        last_accepted: last,
+    })
+    .unwrap();
+    assert_eq!(b.bindings().len(), 1);
+    b.apply_replicated(&ReplicatedNode {
+        home_address: HOA,
+        nai: None,
+        bindings: &[],
+        last_accepted: last,
+    })
+    .unwrap();
+    assert!(b.bindings().is_empty());
+    // An older Identification from a late peer message never moves the replay state back.
+    b.apply_replicated(&ReplicatedNode {
+        home_address: HOA,
+        nai: None,
+        bindings: &[],
+        last_accepted: Some(ID - (1 << 32)),
+    })
+    .unwrap();
+    assert_eq!(b.last_accepted(HOA, None), Some(ID));
+    // No key at all is an error.
+    assert_eq!(
+        b.apply_replicated(&ReplicatedNode {
+            home_address: Ipv4Addr::UNSPECIFIED,
+            nai: None,
+            bindings: &[],
+            last_accepted: None
+        }),
+        Err(BindingError::NoKey)
+    );
+}
