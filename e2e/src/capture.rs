@@ -133,6 +133,11 @@ pub enum Class {
 impl Class {
     /// A Mobile IP message or tunnel packet (UDP/434 or IP-in-IP), whatever it carries.
     pub fn is_mip(self) -> bool {
+        self.is_udp434() || matches!(self, Class::IpipEsp | Class::IpipIke | Class::IpipOther)
+    }
+
+    /// A UDP/434 frame (registration or RFC 3519 tunnel data).
+    pub fn is_udp434(self) -> bool {
         matches!(
             self,
             Class::MipRrq
@@ -143,9 +148,6 @@ impl Class {
                 | Class::MipKeepalive
                 | Class::MipDataOther
                 | Class::MipOther
-                | Class::IpipEsp
-                | Class::IpipIke
-                | Class::IpipOther
         )
     }
 }
@@ -405,17 +407,7 @@ pub fn mip_flows(path: &Path) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>> {
         let Some(ip) = ipv4_packet(f.linktype, &f.data) else {
             continue;
         };
-        if matches!(
-            classify_ipv4(ip),
-            Class::MipRrq
-                | Class::MipRrp
-                | Class::MipDataEsp
-                | Class::MipDataIke
-                | Class::MipDataKeepalive
-                | Class::MipKeepalive
-                | Class::MipDataOther
-                | Class::MipOther
-        ) {
+        if classify_ipv4(ip).is_udp434() {
             let addr =
                 |r: std::ops::Range<usize>| ip.get(r).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(Ipv4Addr::from);
             if let (Some(s), Some(d)) = (addr(12..16), addr(16..20)) {
