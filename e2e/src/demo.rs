@@ -216,6 +216,7 @@ pub fn run_demo(opts: &DemoOptions, out: &mut dyn FnMut(&str)) -> Result<DemoRep
     let mode_name = match opts.mode {
         Mode::TwoBox => "two-box",
         Mode::OneBox => "one-box",
+        Mode::Replicas => "replicas",
     };
     let mut lab = Lab::up(LabOptions {
         mode: opts.mode,

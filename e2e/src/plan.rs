@@ -48,6 +48,26 @@ pub const FA2_VISITED: Ipv4Addr = Ipv4Addr::new(192, 0, 4, 1);
 pub const FA2_ROUTED: Ipv4Addr = Ipv4Addr::new(192, 168, 3, 2);
 /// The virtual-IP pool of the strongSwan-only baseline (road warrior).
 pub const RW_POOL: &str = "10.99.0.0/24";
+/// Replicas mode (issue 5, scale-out): the replicas' namespaces, in order (index 0 = `px1`).
+pub const REPLICA_NS: [&str; 3] = ["px1", "px2", "px3"];
+/// Replicas mode: each replica's own node address on the DMZ (`proxy_public` is shared, on its `lo`).
+pub const REPLICA_DMZ: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(198, 51, 100, 11),
+    Ipv4Addr::new(198, 51, 100, 12),
+    Ipv4Addr::new(198, 51, 100, 13),
+];
+/// Replicas mode: each replica's own node address on the intranet LAN (`proxy_private` is shared, on its `lo`).
+pub const REPLICA_LAN: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(10, 10, 0, 11),
+    Ipv4Addr::new(10, 10, 0, 12),
+    Ipv4Addr::new(10, 10, 0, 13),
+];
+/// Replicas mode: the ECMP router's address on the DMZ (next hop of inet and the VPN gateway for
+/// `proxy_public` and the home network).
+pub const ECMP_DMZ: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// Replicas mode: the ECMP router's address on the intranet LAN (next hop of the HA and the VPN gateway for
+/// `proxy_private`).
+pub const ECMP_LAN: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 2);
 /// UDP port of the probe's echo server on the CN.
 pub const ECHO_PORT: u16 = 9000;
 

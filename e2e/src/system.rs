@@ -197,6 +197,11 @@ impl System {
         let dir = lab.run_dir().join("system");
         fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         let mode = lab.mode();
+        if mode == Mode::Replicas {
+            return Err(Error::Usage(
+                "System::start: the Replicas lab mode is topology only so far (issue 5); no daemons for it yet".into(),
+            ));
+        }
         write_configs(&dir, mode, &opts)?;
 
         let ha = start_daemon(lab, &dir, "ha", "mip-ha", "ha")?;
@@ -210,7 +215,7 @@ impl System {
         wait_registered(lab, Duration::from_secs(10))?;
 
         let gw_spec = match mode {
-            Mode::TwoBox => CharonSpec::proxy_gateway(opts.dpd),
+            Mode::TwoBox | Mode::Replicas => CharonSpec::proxy_gateway(opts.dpd),
             Mode::OneBox => CharonSpec::onebox_gateway(opts.dpd),
         };
         let gateway = Charon::start(lab, "vpngw", "vpngw", &gw_spec)?;
@@ -281,6 +286,8 @@ pub fn proxy_ns(mode: Mode) -> &'static str {
     match mode {
         Mode::TwoBox => "proxy",
         Mode::OneBox => "vpngw",
+        // The first replica (System::start refuses this mode so far).
+        Mode::Replicas => "px1",
     }
 }
 
@@ -403,7 +410,7 @@ fn write_configs(dir: &Path, mode: Mode, opts: &SystemOptions) -> Result<()> {
     let fa2_keys = keys("fa2", fa_ha(plan::PROXY_PUBLIC))?;
 
     let (mode_name, private) = match mode {
-        Mode::TwoBox => ("two_box", format!("  vpn_gateway_private: {}\n", plan::VPNGW_PRIVATE)),
+        Mode::TwoBox | Mode::Replicas => ("two_box", format!("  vpn_gateway_private: {}\n", plan::VPNGW_PRIVATE)),
         Mode::OneBox => ("one_box", String::new()),
     };
     let proxy = format!(

@@ -44,6 +44,11 @@ pub enum Mode {
     TwoBox,
     /// `mip-proxy` in ns `vpngw` next to charon; `proxy_public`/`proxy_private` are extra addresses there.
     OneBox,
+    /// Scale-out (issue 5): three replicas in ns `px1`, `px2`, `px3` (instead of `proxy`), each with its own
+    /// DMZ and LAN address and the shared `proxy_public`/`proxy_private` on its `lo`; ns `ecmp`, a router on
+    /// both segments, spreads the shared addresses (and the home network) over the replicas by ECMP
+    /// ([`Lab::set_replica_nexthops`] withdraws a replica, as BFD would).
+    Replicas,
 }
 
 /// How to build a lab.
@@ -99,6 +104,8 @@ pub struct NsSpec {
     pub config: Vec<String>,
     /// Interface to masquerade behind (the NAT namespaces).
     pub masquerade_oif: Option<&'static str>,
+    /// Extra `sysctl -w` assignments (`key=value`), set with the common ones before any link exists.
+    pub sysctls: Vec<&'static str>,
 }
 
 /// One veth pair: created in `a` as `a_if`, its peer placed in `b` as `b_if` (`a == b` for a link that stays
@@ -125,6 +132,8 @@ fn l(s: &str) -> String {
 /// The whole topology of docs/lab.md for `mode`: namespaces with their configuration, and links.
 pub fn plan(mode: Mode) -> (Vec<NsSpec>, Vec<LinkSpec>) {
     let two_box = mode == Mode::TwoBox;
+    let one_box = mode == Mode::OneBox;
+    let replicas = mode == Mode::Replicas;
     let link = |a, a_if, b, b_if| LinkSpec { a, a_if, b, b_if };
     let mut links = vec![
         // MN's five access links (only one is up at a time; see Lab::mn_attach).
@@ -154,6 +163,15 @@ pub fn plan(mode: Mode) -> (Vec<NsSpec>, Vec<LinkSpec>) {
         links.push(link("dmz", "p-proxy", "proxy", "dmz"));
         links.push(link("intra", "p-proxy", "proxy", "lan"));
     }
+    if replicas {
+        // The ECMP router and the replicas, each on both segments.
+        links.push(link("dmz", "p-ecmp", "ecmp", "dmz"));
+        links.push(link("intra", "p-ecmp", "ecmp", "lan"));
+        for (px, port) in plan::REPLICA_NS.into_iter().zip(REPLICA_PORTS) {
+            links.push(link("dmz", port, px, "dmz"));
+            links.push(link("intra", port, px, "lan"));
+        }
+    }
 
     let up = |ifs: &[&str]| -> Vec<String> { ifs.iter().map(|i| format!("link set {i} up")).collect() };
     let mut ns = Vec::new();
@@ -171,6 +189,7 @@ pub fn plan(mode: Mode) -> (Vec<NsSpec>, Vec<LinkSpec>) {
         forward: false,
         config: mn,
         masquerade_oif: None,
+        sysctls: Vec::new(),
     });
 
     // Home-router style NATs; NAT 2 reuses NAT 1's inside subnet and gateway so C1 <-> C2 changes only the
@@ -192,6 +211,7 @@ pub fn plan(mode: Mode) -> (Vec<NsSpec>, Vec<LinkSpec>) {
             forward: true,
             config: c,
             masquerade_oif: Some("wan"),
+            sysctls: Vec::new(),
         });
     }
 
@@ -213,6 +233,7 @@ pub fn plan(mode: Mode) -> (Vec<NsSpec>, Vec<LinkSpec>) {
             forward: true,
             config: c,
             masquerade_oif: None,
+            sysctls: Vec::new(),
         });
     }
 
@@ -230,11 +251,20 @@ pub fn plan(mode: Mode) -> (Vec<NsSpec>, Vec<LinkSpec>) {
         inet.push(format!("addr add {addr} dev {dev}"));
         inet.push(format!("link set {dev} up"));
     }
+    if replicas {
+        // proxy_public lives behind the ECMP router (a public /32, so inet still knows nothing inner).
+        inet.push(format!(
+            "route add {}/32 via {} dev dmz",
+            plan::PROXY_PUBLIC,
+            plan::ECMP_DMZ
+        ));
+    }
     ns.push(NsSpec {
         name: "inet",
         forward: true,
         config: inet,
         masquerade_oif: None,
+        sysctls: Vec::new(),
     });
 
     // The two L2 segments are bridges in their own namespaces.
@@ -243,6 +273,12 @@ pub fn plan(mode: Mode) -> (Vec<NsSpec>, Vec<LinkSpec>) {
     if two_box {
         dmz_ports.push("p-proxy");
         lan_ports.push("p-proxy");
+    }
+    if replicas {
+        for port in std::iter::once("p-ecmp").chain(REPLICA_PORTS) {
+            dmz_ports.push(port);
+            lan_ports.push(port);
+        }
     }
     for (name, ports) in [("dmz", dmz_ports), ("intra", lan_ports)] {
         let mut c = vec![l("link set lo up"), l("link add br0 type bridge")];
@@ -254,6 +290,7 @@ pub fn plan(mode: Mode) -> (Vec<NsSpec>, Vec<LinkSpec>) {
             forward: false,
             config: c,
             masquerade_oif: None,
+            sysctls: Vec::new(),
         });
     }
 
@@ -273,7 +310,12 @@ pub fn plan(mode: Mode) -> (Vec<NsSpec>, Vec<LinkSpec>) {
                 format!("route add {}/32 via {} dev lan", plan::HA_HOME, plan::HA_LAN),
             ],
             masquerade_oif: None,
+            sysctls: Vec::new(),
         });
+    }
+
+    if replicas {
+        ns.extend(replica_specs());
     }
 
     let mut gw = vec![
@@ -281,14 +323,14 @@ pub fn plan(mode: Mode) -> (Vec<NsSpec>, Vec<LinkSpec>) {
         format!("addr add {}/24 dev dmz", plan::VPNGW_PUBLIC),
         format!("addr add {}/24 dev lan", plan::VPNGW_PRIVATE),
     ];
-    if !two_box {
+    if one_box {
         // One-box: the proxy's addresses live here too.
         gw.push(format!("addr add {}/24 dev dmz", plan::PROXY_PUBLIC));
         gw.push(format!("addr add {}/24 dev lan", plan::PROXY_PRIVATE));
     }
     gw.extend(up(&["dmz", "lan"]));
     gw.push(format!("route add default via {}", plan::INET_DMZ));
-    if !two_box {
+    if one_box {
         gw.push(format!("route add {}/32 via {} dev lan", plan::HA_HOME, plan::HA_LAN));
     }
     if two_box {
@@ -300,26 +342,53 @@ pub fn plan(mode: Mode) -> (Vec<NsSpec>, Vec<LinkSpec>) {
             plan::PROXY_PUBLIC
         ));
     }
+    if replicas {
+        // The shared addresses and (for charon's own fwmarked IKE/ESP to the HoA, as in two-box mode) the home
+        // network go to the ECMP router, which spreads them over the replicas. "via proxy_public" cannot be
+        // written here: no one answers ARP for it on the DMZ any more.
+        gw.push(format!(
+            "route add {}/32 via {} dev dmz",
+            plan::PROXY_PUBLIC,
+            plan::ECMP_DMZ
+        ));
+        gw.push(format!(
+            "route add {}/32 via {} dev lan",
+            plan::PROXY_PRIVATE,
+            plan::ECMP_LAN
+        ));
+        gw.push(format!("route add {} via {} dev dmz", plan::HOME_NET, plan::ECMP_DMZ));
+    }
     ns.push(NsSpec {
         name: "vpngw",
         forward: true,
         config: gw,
         masquerade_oif: None,
+        sysctls: Vec::new(),
     });
 
+    let mut ha = vec![
+        l("link set lo up"),
+        format!("addr add {}/24 dev lan", plan::HA_LAN),
+        format!("addr add {}/24 dev home", plan::HA_HOME),
+        l("link set lan up"),
+        l("link set home up"),
+        l("link set home-p up"),
+        format!("route add default via {}", plan::VPNGW_PRIVATE),
+    ];
+    if replicas {
+        // The HA's tunnels to proxy_private (its care-of address for bound MNs) are spread by the ECMP router.
+        ha.push(format!(
+            "route add {}/32 via {} dev lan",
+            plan::PROXY_PRIVATE,
+            plan::ECMP_LAN
+        ));
+    }
     ns.push(NsSpec {
         name: "ha",
         forward: true,
-        config: vec![
-            l("link set lo up"),
-            format!("addr add {}/24 dev lan", plan::HA_LAN),
-            format!("addr add {}/24 dev home", plan::HA_HOME),
-            l("link set lan up"),
-            l("link set home up"),
-            l("link set home-p up"),
-            format!("route add default via {}", plan::VPNGW_PRIVATE),
-        ],
+        config: ha,
         masquerade_oif: None,
+        sysctls: Vec::new(),
     });
 
     // The CN: the home network via the HA (which intercepts bound home addresses), the rest via VPNGW-Priv.
@@ -334,9 +403,99 @@ pub fn plan(mode: Mode) -> (Vec<NsSpec>, Vec<LinkSpec>) {
             format!("route add default via {}", plan::VPNGW_PRIVATE),
         ],
         masquerade_oif: None,
+        sysctls: Vec::new(),
     });
 
     (ns, links)
+}
+
+/// Bridge port names (in ns `dmz` and ns `intra`) of the replicas, in [`plan::REPLICA_NS`] order.
+const REPLICA_PORTS: [&str; 3] = ["p-px1", "p-px2", "p-px3"];
+
+/// Replicas mode: the namespaces `px1`..`px3` and `ecmp` (see [`Mode::Replicas`] and docs/lab.md).
+fn replica_specs() -> Vec<NsSpec> {
+    let mut v = Vec::new();
+    for ((name, dmz), lan) in plan::REPLICA_NS
+        .into_iter()
+        .zip(plan::REPLICA_DMZ)
+        .zip(plan::REPLICA_LAN)
+    {
+        v.push(NsSpec {
+            name,
+            forward: true,
+            config: vec![
+                l("link set lo up"),
+                // The shared addresses as /32 on lo: the replica accepts packets for them, but (arp_ignore=1)
+                // never answers ARP for them on dmz/lan, and (arp_announce=2) never uses them as the source of
+                // its own ARP requests, so no neighbour cache on the segments ever points them at one replica.
+                format!("addr add {}/32 dev lo", plan::PROXY_PUBLIC),
+                format!("addr add {}/32 dev lo", plan::PROXY_PRIVATE),
+                format!("addr add {dmz}/24 dev dmz"),
+                format!("addr add {lan}/24 dev lan"),
+                l("link set dmz up"),
+                l("link set lan up"),
+                format!("route add default via {}", plan::INET_DMZ),
+                format!("route add {}/32 via {} dev lan", plan::HA_HOME, plan::HA_LAN),
+            ],
+            masquerade_oif: None,
+            sysctls: vec![
+                "net.ipv4.conf.all.arp_ignore=1",
+                "net.ipv4.conf.default.arp_ignore=1",
+                "net.ipv4.conf.all.arp_announce=2",
+                "net.ipv4.conf.default.arp_announce=2",
+            ],
+        });
+    }
+    let mut ecmp = vec![
+        l("link set lo up"),
+        format!("addr add {}/24 dev dmz", plan::ECMP_DMZ),
+        format!("addr add {}/24 dev lan", plan::ECMP_LAN),
+        l("link set dmz up"),
+        l("link set lan up"),
+    ];
+    ecmp.extend(replica_routes(&[0, 1, 2]));
+    v.push(NsSpec {
+        name: "ecmp",
+        forward: true,
+        config: ecmp,
+        masquerade_oif: None,
+        sysctls: vec![
+            // Hash on the 5-tuple, so flows between the same two addresses spread over the replicas.
+            "net.ipv4.fib_multipath_hash_policy=1",
+            // A one-armed router: every packet leaves by the segment it came from, and an ICMP redirect would
+            // make the sender bypass the router (and the multipath route) for that destination.
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.default.send_redirects=0",
+        ],
+    });
+    v
+}
+
+/// The ECMP router's routes (`ip -batch` lines for ns `ecmp`) for the replicas `which` (indexes into
+/// [`plan::REPLICA_NS`]): `proxy_public` and the home network over their DMZ addresses, `proxy_private` over their
+/// LAN addresses. No replica left: the destinations become `unreachable` (ICMP errors instead of unanswered ARP).
+pub fn replica_routes(which: &[usize]) -> Vec<String> {
+    let public = format!("{}/32", plan::PROXY_PUBLIC);
+    let private = format!("{}/32", plan::PROXY_PRIVATE);
+    [
+        (public.as_str(), &plan::REPLICA_DMZ, "dmz"),
+        (plan::HOME_NET, &plan::REPLICA_DMZ, "dmz"),
+        (private.as_str(), &plan::REPLICA_LAN, "lan"),
+    ]
+    .into_iter()
+    .map(|(dst, addrs, dev)| {
+        let hops: Vec<String> = which
+            .iter()
+            .filter_map(|i| addrs.get(*i))
+            .map(|a| format!("nexthop via {a} dev {dev}"))
+            .collect();
+        if hops.is_empty() {
+            format!("route replace unreachable {dst}")
+        } else {
+            format!("route replace {dst} {}", hops.join(" "))
+        }
+    })
+    .collect()
 }
 
 /// A running lab. Dropping it tears everything down.
@@ -350,6 +509,7 @@ pub struct Lab {
     delay_ms: u32,
     attached: Option<Access>,
     last_attach: Option<Instant>,
+    replica_nexthops: Vec<usize>,
     torn_down: bool,
 }
 
@@ -366,6 +526,11 @@ impl Lab {
         reap_stale();
         let (prefix, run_dir) = claim_prefix(opts.prefix.as_deref())?;
         let (specs, links) = plan(opts.mode);
+        let replica_nexthops = if opts.mode == Mode::Replicas {
+            (0..plan::REPLICA_NS.len()).collect()
+        } else {
+            Vec::new()
+        };
         let mut lab = Lab {
             prefix,
             run_dir,
@@ -375,6 +540,7 @@ impl Lab {
             delay_ms: 0,
             attached: None,
             last_attach: None,
+            replica_nexthops,
             torn_down: false,
         };
         // From here on, an error drops `lab`, which deletes whatever was created.
@@ -395,19 +561,17 @@ impl Lab {
         // `default`. rp_filter must be 0 on every hop that forwards packets sourced from the HoA (FINDINGS).
         for s in specs {
             let fwd = format!("net.ipv4.ip_forward={}", u8::from(s.forward));
-            Cmd::in_ns(
-                &self.ns(s.name),
-                [
-                    "sysctl",
-                    "-qw",
-                    "net.ipv4.conf.all.rp_filter=0",
-                    "net.ipv4.conf.default.rp_filter=0",
-                    "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1",
-                    &fwd,
-                ],
-            )
-            .run()?;
+            let mut argv = vec![
+                "sysctl",
+                "-qw",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+                &fwd,
+            ];
+            argv.extend(s.sysctls.iter().copied());
+            Cmd::in_ns(&self.ns(s.name), argv).run()?;
         }
         // The bridges stand for Ethernet switches: when the host has br_netfilter loaded, bridged frames would
         // also traverse the bridge namespace's iptables hooks (`bridge-nf-call-*`, per namespace), costing
@@ -472,9 +636,51 @@ impl Lab {
         &self.prefix
     }
 
-    /// Two-box or one-box.
+    /// Two-box, one-box or replicas.
     pub fn mode(&self) -> Mode {
         self.opts.mode
+    }
+
+    /// Short names of the proxy replicas' namespaces (`px1`, `px2`, `px3`) in [`Mode::Replicas`]; empty in the
+    /// other modes. [`Lab::set_replica_nexthops`] takes indexes into this.
+    pub fn replicas(&self) -> &'static [&'static str] {
+        if self.opts.mode == Mode::Replicas {
+            &plan::REPLICA_NS
+        } else {
+            &[]
+        }
+    }
+
+    /// The replicas (indexes into [`Lab::replicas`]) currently in the ECMP router's multipath routes.
+    pub fn replica_nexthops(&self) -> &[usize] {
+        &self.replica_nexthops
+    }
+
+    /// Sets which replicas (indexes into [`Lab::replicas`], 0 = `px1`) are next hops of the ECMP router's
+    /// multipath routes for `proxy_public`, `proxy_private` and the home network: the harness's BFD, which
+    /// withdraws a dead replica's next hop (and restores it). One `ip -batch` of `route replace` in ns `ecmp`,
+    /// so each route changes atomically; flows on the remaining replicas may be re-hashed (Linux's
+    /// hash-threshold ECMP, no resilient hashing). An empty set makes the destinations `unreachable`.
+    /// Duplicates are ignored; an index out of range, or a lab not in [`Mode::Replicas`], is an error.
+    pub fn set_replica_nexthops(&mut self, which: &[usize]) -> Result<()> {
+        if self.opts.mode != Mode::Replicas {
+            return Err(Error::Usage(format!(
+                "set_replica_nexthops: lab {} is in {:?} mode, not Replicas",
+                self.prefix, self.opts.mode
+            )));
+        }
+        let mut sel: Vec<usize> = which.to_vec();
+        sel.sort_unstable();
+        sel.dedup();
+        if let Some(bad) = sel.iter().find(|i| **i >= plan::REPLICA_NS.len()) {
+            return Err(Error::Usage(format!(
+                "set_replica_nexthops: no replica {bad} (there are {})",
+                plan::REPLICA_NS.len()
+            )));
+        }
+        self.ip_batch("ecmp", &replica_routes(&sel))?;
+        self.replica_nexthops = sel;
+        Ok(())
     }
 
     /// Full namespace name of host `name` (`mn` -> `mlab3-mn`).
@@ -1011,7 +1217,7 @@ mod tests {
 
     #[test]
     fn interface_names_fit_and_links_are_consistent() {
-        for mode in [Mode::TwoBox, Mode::OneBox] {
+        for mode in [Mode::TwoBox, Mode::OneBox, Mode::Replicas] {
             let (ns, links) = plan(mode);
             let names: Vec<&str> = ns.iter().map(|s| s.name).collect();
             for k in &links {
@@ -1032,6 +1238,9 @@ mod tests {
                 assert_eq!(before, ifs.len(), "duplicate interface in {n}");
             }
             assert_eq!(names.contains(&"proxy"), mode == Mode::TwoBox);
+            for n in ["px1", "px2", "px3", "ecmp"] {
+                assert_eq!(names.contains(&n), mode == Mode::Replicas, "{n} in {mode:?}");
+            }
         }
         assert!(format!("{NS_PREFIX}9999-vpngw").len() < 64);
     }
@@ -1046,6 +1255,51 @@ mod tests {
             .unwrap_or_default();
         assert!(!inet.contains("route"), "{inet}");
         assert!(!inet.contains(" 10.") && !inet.contains("192.168."), "{inet}");
+    }
+
+    #[test]
+    fn replicas_mode_routes_the_shared_addresses_via_ecmp() {
+        let (ns, _) = plan(Mode::Replicas);
+        let cfg = |n: &str| {
+            ns.iter()
+                .find(|s| s.name == n)
+                .map(|s| s.config.join("\n"))
+                .unwrap_or_default()
+        };
+        assert!(
+            cfg("inet").contains("route add 198.51.100.10/32 via 198.51.100.2"),
+            "{}",
+            cfg("inet")
+        );
+        assert!(!cfg("inet").contains(" 10.") && !cfg("inet").contains("192.168."));
+        let gw = cfg("vpngw");
+        assert!(gw.contains("route add 10.10.1.0/24 via 198.51.100.2 dev dmz"), "{gw}");
+        assert!(gw.contains("route add 10.10.0.10/32 via 10.10.0.2 dev lan"), "{gw}");
+        assert!(!gw.contains("addr add 198.51.100.10"), "{gw}");
+        assert!(cfg("ha").contains("route add 10.10.0.10/32 via 10.10.0.2 dev lan"));
+        for (i, px) in ["px1", "px2", "px3"].into_iter().enumerate() {
+            let c = cfg(px);
+            assert!(c.contains("addr add 198.51.100.10/32 dev lo") && c.contains("addr add 10.10.0.10/32 dev lo"));
+            assert!(c.contains(&format!("addr add 198.51.100.1{}/24 dev dmz", i + 1)), "{c}");
+            assert!(c.contains("route add 10.10.1.1/32 via 10.10.0.1 dev lan"), "{c}");
+        }
+        let e = cfg("ecmp");
+        assert!(
+            e.contains("route replace 198.51.100.10/32 nexthop via 198.51.100.11 dev dmz nexthop via 198.51.100.12 dev dmz nexthop via 198.51.100.13 dev dmz"),
+            "{e}"
+        );
+        assert_eq!(
+            replica_routes(&[0, 2]),
+            vec![
+                "route replace 198.51.100.10/32 nexthop via 198.51.100.11 dev dmz nexthop via 198.51.100.13 dev dmz",
+                "route replace 10.10.1.0/24 nexthop via 198.51.100.11 dev dmz nexthop via 198.51.100.13 dev dmz",
+                "route replace 10.10.0.10/32 nexthop via 10.10.0.11 dev lan nexthop via 10.10.0.13 dev lan",
+            ]
+        );
+        assert!(replica_routes(&[]).iter().all(|r| r.contains("unreachable")));
+        // The other modes are unchanged: no ECMP routes, the two-box proxy on the segments.
+        let (two, _) = plan(Mode::TwoBox);
+        assert!(two.iter().all(|s| !s.config.join(" ").contains("198.51.100.2 ")));
     }
 
     #[test]
