@@ -22,8 +22,8 @@ fn main() -> ExitCode {
     println!("cargo:rerun-if-env-changed=PROTOC");
     let Some(protoc) = find_protoc() else {
         eprintln!(
-            "error: mip-proto needs `protoc` to generate its gRPC code and none was found (PROTOC unset, \
-             nothing on PATH): install protobuf-compiler: scripts/setup.sh (or `apt-get install -y \
+            "error: mip-proto needs `protoc` to generate its gRPC code and none was found (neither `PROTOC` names a file nor is `protoc` on PATH): \
+             install protobuf-compiler: scripts/setup.sh (or `apt-get install -y \
              protobuf-compiler`)"
         );
         return ExitCode::FAILURE;
