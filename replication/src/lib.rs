@@ -5,7 +5,7 @@
 //! * a **sans-IO core** (no tokio, no clock): [`Version`] and the [`Hlc`], [`Delta`] records and their conversion
 //!   from/to the `mip` binding types, and the [`ReplicaStore`] (latest version per key, tombstones, digests,
 //!   snapshot scans, the queue of remote changes for the daemon);
-//! * the **transport** ([`transport`], being written): a `Replicator` running tonic/rustls on its own
+//! * the **transport** ([`transport`]): a [`Replicator`](transport::Replicator) running tonic/rustls on its own
 //!   tokio runtime thread, with a non-blocking API for the daemon's synchronous event loop.
 //!
 //! Conflict rule: the larger [`Version`] wins (Identification, then HLC, then replica id), so any delivery order
