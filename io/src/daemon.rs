@@ -58,6 +58,11 @@ pub trait Service {
     fn bindings_json(&self) -> String;
     /// SIGTERM: undo what the service installed (routes, rules, addresses). The process exits afterwards.
     fn shutdown(&mut self);
+    /// Whether the service is ready for traffic (`/readyz`), asked after every turn of the loop; default: always
+    /// (a replica of `mip-proxy` is not ready until it has caught up with its peers).
+    fn serving(&self) -> bool {
+        true
+    }
 }
 
 /// What [`run`] hands to the service constructor.
@@ -69,6 +74,9 @@ pub struct Context {
     pub clock: Clock,
     /// Keys loaded at start.
     pub keys: KeyStore,
+    /// Wakes the event loop from another thread (the loop then runs [`Service::tick`]); the one waker of the
+    /// loop's poll, shared with the admin server.
+    pub waker: Arc<Waker>,
 }
 
 struct Admin {
@@ -133,10 +141,14 @@ pub fn run<S: Service>(
     let metrics = Arc::new(Registry::new());
     let stats = Stats::new(&metrics)?;
     let clock = Clock::new();
+    // The poll and its waker exist before the service, so the service can hand the waker to its own threads.
+    let mut poll = Poll::new().map_err(|e| format!("event loop: {e}"))?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN).map_err(|e| format!("event loop: {e}"))?);
     let ctx = Context {
         metrics: Arc::clone(&metrics),
         clock,
         keys,
+        waker: Arc::clone(&waker),
     };
     if signals.terminate_requested() {
         tracing::info!("terminating before start-up");
@@ -149,11 +161,9 @@ pub fn run<S: Service>(
         return Ok(());
     }
 
-    let mut poll = Poll::new().map_err(|e| format!("event loop: {e}"))?;
     poll.registry()
         .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
         .map_err(|e| format!("event loop: {e}"))?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN).map_err(|e| format!("event loop: {e}"))?);
     let (bindings, queue): (Requests<String>, RequestQueue<String>) = Requests::new(waker, 16);
     service
         .register(poll.registry())
@@ -168,7 +178,7 @@ pub fn run<S: Service>(
     let server = AdminServer::spawn(admin, state).map_err(|e| format!("admin server on {admin}: {e}"))?;
     tracing::info!(admin = %server.local_addr(), keys = %keys_file.display(), "started");
     stats.up.set(1);
-    ready.store(true, Ordering::Relaxed);
+    ready.store(service.serving(), Ordering::Relaxed);
 
     let mut events = Events::with_capacity(256);
     loop {
@@ -208,6 +218,7 @@ pub fn run<S: Service>(
             None => {}
         }
         service.tick(clock.now());
+        ready.store(service.serving(), Ordering::Relaxed);
     }
     tracing::info!("terminating");
     ready.store(false, Ordering::Relaxed);
