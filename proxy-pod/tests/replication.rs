@@ -120,6 +120,7 @@ fn two_replicas_share_bindings_replay_state_and_catch_up_after_restart() {
 
     // (2) The same request replayed at replica 2: refused (133, Identification mismatch), nothing relayed.
     let request = mn.sent.borrow().first().cloned().expect("the request sent");
+    drop(mn);
     assert_eq!(replay_at(&b, &request), Some(133), "{}", b.log_text());
     assert!(
         b.ha().seen.lock().unwrap().is_empty(),
@@ -131,6 +132,7 @@ fn two_replicas_share_bindings_replay_state_and_catch_up_after_restart() {
     let mn = a.mobile(434);
     let r = mn.register_and_deregister(KEY1, Duration::from_secs(5));
     assert_eq!(r, RegResult::Deregistered);
+    drop(mn);
     assert!(rows(&a).is_empty());
     eventually("the deregistration at replica 2", Duration::from_secs(3), || {
         rows(&b).is_empty()
