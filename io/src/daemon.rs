@@ -58,6 +58,11 @@ pub trait Service {
     fn bindings_json(&self) -> String;
     /// SIGTERM: undo what the service installed (routes, rules, addresses). The process exits afterwards.
     fn shutdown(&mut self);
+    /// Whether the service is ready for traffic (`/readyz`), asked after every turn of the loop; default: always
+    /// (a replica of `mip-proxy` is not ready until it has caught up with its peers).
+    fn serving(&self) -> bool {
+        true
+    }
 }
 
 /// What [`run`] hands to the service constructor.
@@ -69,6 +74,9 @@ pub struct Context {
     pub clock: Clock,
     /// Keys loaded at start.
     pub keys: KeyStore,
+    /// Wakes the event loop from another thread (the loop then runs [`Service::tick`]); the one waker of the
+    /// loop's poll, shared with the admin server.
+    pub waker: Arc<Waker>,
 }
 
 struct Admin {
@@ -133,10 +141,14 @@ pub fn run<S: Service>(
     let metrics = Arc::new(Registry::new());
     let stats = Stats::new(&metrics)?;
     let clock = Clock::new();
+    // The poll and its waker exist before the service, so the service can hand the waker to its own threads.
+    let mut poll = Poll::new().map_err(|e| format!("event loop: {e}"))?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN).map_err(|e| format!("event loop: {e}"))?);
     let ctx = Context {
         metrics: Arc::clone(&metrics),
         clock,
         keys,
+        waker: Arc::clone(&waker),
     };
     if signals.terminate_requested() {
         tracing::info!("terminating before start-up");
@@ -149,11 +161,9 @@ pub fn run<S: Service>(
         return Ok(());
     }
 
-    let mut poll = Poll::new().map_err(|e| format!("event loop: {e}"))?;
     poll.registry()
         .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
         .map_err(|e| format!("event loop: {e}"))?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN).map_err(|e| format!("event loop: {e}"))?);
     let (bindings, queue): (Requests<String>, RequestQueue<String>) = Requests::new(waker, 16);
     service
         .register(poll.registry())
@@ -168,7 +178,7 @@ pub fn run<S: Service>(
     let server = AdminServer::spawn(admin, state).map_err(|e| format!("admin server on {admin}: {e}"))?;
     tracing::info!(admin = %server.local_addr(), keys = %keys_file.display(), "started");
     stats.up.set(1);
-    ready.store(true, Ordering::Relaxed);
+    ready.store(service.serving(), Ordering::Relaxed);
 
     let mut events = Events::with_capacity(256);
     loop {
@@ -208,6 +218,7 @@ pub fn run<S: Service>(
             None => {}
         }
         service.tick(clock.now());
+        ready.store(service.serving(), Ordering::Relaxed);
     }
     tracing::info!("terminating");
     ready.store(false, Ordering::Relaxed);
@@ -293,9 +304,10 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::sync::mpsc;
 
-    /// Records its shutdown; registers nothing.
+    /// Records its shutdown; registers nothing; serving when `serving` says so.
     struct Probe {
         shut_down: Arc<AtomicBool>,
+        serving: Arc<AtomicBool>,
     }
 
     impl Service for Probe {
@@ -314,6 +326,82 @@ mod tests {
         fn shutdown(&mut self) {
             self.shut_down.store(true, Ordering::SeqCst);
         }
+        fn serving(&self) -> bool {
+            self.serving.load(Ordering::SeqCst)
+        }
+    }
+
+    fn write_keys(dir: &Path) -> PathBuf {
+        let keys = dir.join("keys.yaml");
+        std::fs::write(
+            &keys,
+            "security_associations:\n  - home_address: 10.10.1.50\n    spi: 256\n    key: \"000102030405060708090a0b0c0d0e0f\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+        keys
+    }
+
+    fn readyz(admin: SocketAddr) -> Option<u16> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: t\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        text.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// `/readyz` follows [`Service::serving`] (a replica not caught up yet is not ready), and the waker in the
+    /// context wakes the loop.
+    #[test]
+    fn readyz_follows_the_services_serving() {
+        let _signals = crate::signal_lock();
+        let dir = tempfile::tempdir().unwrap();
+        let keys = write_keys(dir.path());
+        let admin = SocketAddr::from(([127, 0, 0, 1], 19_437));
+        let serving = Arc::new(AtomicBool::new(false));
+        let shut_down = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let (wtx, wrx) = mpsc::channel();
+        {
+            let (serving, shut_down) = (Arc::clone(&serving), Arc::clone(&shut_down));
+            std::thread::spawn(move || {
+                let r = run(&keys, admin, |ctx| {
+                    wtx.send(Arc::clone(&ctx.waker)).ok();
+                    Ok(Probe { shut_down, serving })
+                });
+                tx.send(r).ok();
+            });
+        }
+        let waker = wrx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let until = |want: u16| {
+            let end = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < end {
+                if readyz(admin) == Some(want) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            false
+        };
+        assert!(until(503), "not ready while the service is not serving");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(readyz(admin), Some(503));
+        serving.store(true, Ordering::SeqCst);
+        waker.wake().unwrap();
+        let woke = std::time::Instant::now();
+        assert!(until(200), "ready once serving");
+        assert!(
+            woke.elapsed() < Duration::from_millis(900),
+            "the waker ran the loop at once"
+        );
+        signal_hook::low_level::raise(libc::SIGTERM).unwrap();
+        let r = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("run returns after SIGTERM");
+        assert_eq!(r, Ok(()));
+        assert!(shut_down.load(Ordering::SeqCst));
     }
 
     /// A SIGTERM while `build` runs (installing kernel state, in a real daemon) neither kills the process nor is
@@ -330,17 +418,19 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
         let shut_down = Arc::new(AtomicBool::new(false));
+        let serving = Arc::new(AtomicBool::new(true));
         let built = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         {
             let (shut_down, built) = (Arc::clone(&shut_down), Arc::clone(&built));
+            let serving = Arc::clone(&serving);
             std::thread::spawn(move || {
                 let r = run(&keys, SocketAddr::from(([127, 0, 0, 1], 0)), |_ctx| {
                     signal_hook::low_level::raise(libc::SIGTERM).unwrap();
                     // Still building after the signal: the process must survive until build returns.
                     std::thread::sleep(Duration::from_millis(50));
                     built.store(true, Ordering::SeqCst);
-                    Ok(Probe { shut_down })
+                    Ok(Probe { shut_down, serving })
                 });
                 tx.send(r).ok();
             });

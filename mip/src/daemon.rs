@@ -6,7 +6,10 @@
 //! proxy:      { ... }   # roles::proxy::ProxyConfig
 //! dataplane:  { ... }   # ProxyDataPlane
 //! daemon:     { keys_file: /etc/mip/keys.yaml, admin: 0.0.0.0:9434, log_format: json }
+//! replication: { ... }  # optional: replication::ReplicationConfig (absent = a single replica)
 //! ```
+
+pub mod replication;
 
 use core::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -145,11 +148,17 @@ pub struct ProxyFile {
     pub dataplane: ProxyDataPlane,
     /// Keys, admin, logs.
     pub daemon: DaemonSettings,
+    /// Sharing the binding cache with peer replicas (scale-out); absent = a single replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<replication::ReplicationConfig>,
 }
 
 impl Validate for ProxyFile {
     fn validate(&self) -> Vec<ConfigError> {
         let mut e: Vec<ConfigError> = self.proxy.validate().into_iter().map(|x| x.within("proxy")).collect();
+        if let Some(r) = &self.replication {
+            e.extend(r.validate().into_iter().map(|x| x.within("replication")));
+        }
         let d = &self.dataplane;
         if d.vpn_gateways.is_empty() {
             e.push(ConfigError::new(

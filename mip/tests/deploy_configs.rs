@@ -119,3 +119,42 @@ fn tun_mtu_above_the_ipip_tunnel_mtu_is_refused() {
     let errs = proxy_with(", path_mtu: 600").unwrap_err();
     assert_eq!(errs[0].field, "dataplane.tun_mtu", "{errs:?}");
 }
+
+/// The commented `replication:` example of `deploy/config/proxy.yaml`, uncommented, loads and validates; absent,
+/// the proxy is a single replica.
+#[test]
+fn proxy_replication_section() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/proxy.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let p: ProxyFile = from_yaml(&text).unwrap();
+    assert!(p.replication.is_none(), "absent = single replica");
+    let (head, example) = text
+        .split_once("# replication:\n")
+        .expect("a commented replication example");
+    let mut uncommented = format!("{head}replication:\n");
+    for line in example.lines() {
+        // `#   key: value` is an example line; `#   # comment` and `#     # dns: ...` stay comments.
+        let l = line.strip_prefix('#').unwrap_or(line);
+        uncommented.push_str(l);
+        uncommented.push('\n');
+    }
+    let p: ProxyFile = from_yaml(&uncommented).unwrap_or_else(|e| panic!("{e:?}\n{uncommented}"));
+    let r = p.replication.expect("the section");
+    assert_eq!(r.replica_id, 1);
+    assert_eq!(r.peers.static_peers.as_ref().map(Vec::len), Some(2));
+    assert!(r.tls.is_some() && !r.insecure_plaintext);
+
+    let base = format!("{PROXY_MIN}dataplane: {{vpn_gateways: [198.51.100.20], vpn_gateway_private: 10.10.0.20}}\n");
+    let errs = from_yaml::<ProxyFile>(&format!(
+        "{base}replication: {{replica_id: 0, listen: 0.0.0.0:7443, peers: {{static: []}}}}\n"
+    ))
+    .unwrap_err();
+    let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, vec!["replication.replica_id", "replication.tls"]);
+    let errs = from_yaml::<ProxyFile>(&format!(
+        "{base}replication: {{replica_id: 1, listen: 0.0.0.0:7443, peers: {{static: []}}, bogus: 1}}\n"
+    ))
+    .unwrap_err();
+    assert_eq!(errs[0].field, "replication.bogus", "{errs:?}");
+    assert!(errs[0].message.contains("unknown field"), "{errs:?}");
+}

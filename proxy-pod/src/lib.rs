@@ -6,7 +6,8 @@
 //! * [`service`]: the sockets, the TUNs and which input goes where;
 //! * [`setup`]: the kernel state (sysctls, TUNs, routes, the two-box policy rule) and its removal;
 //! * [`metrics`]: the Prometheus series;
-//! * [`bindings`]: the `/bindings` JSON.
+//! * [`bindings`]: the `/bindings` JSON;
+//! * [`replication`]: sharing the binding cache with peer replicas (`replication:`, optional).
 //!
 //! ```text
 //! mip-proxy --config /etc/mip/proxy.yaml      # deploy/config/proxy.yaml documents every field
@@ -14,6 +15,7 @@
 
 pub mod bindings;
 pub mod metrics;
+pub mod replication;
 pub mod service;
 pub mod setup;
 

@@ -16,6 +16,14 @@
 //! | `mip_icmp_relayed_total` | | ICMP errors about our tunnels relayed to the original sender (RFC 2003 §4) |
 //! | `mip_icmp_generated_total` | | ICMP errors the proxy generated itself (time exceeded, fragmentation needed) |
 //! | `mip_send_errors_total` | `socket` | datagrams or packets the kernel refused to send |
+//! | `mip_replication_peers` | | peer replicas known (not this one; 0 without `replication:`) |
+//! | `mip_replication_peers_connected` | | peers whose replication stream to us is open |
+//! | `mip_replication_caught_up` | | 1 once every peer's snapshot arrived (readiness) |
+//! | `mip_replication_lag_seconds` | `quantile="0.5"\|"0.99"` | peer write → applied here, worst peer's recent p50/p99 |
+//! | `mip_replication_snapshots_total` | `direction="received"\|"sent"` | complete snapshots received from / sent to peers |
+//! | `mip_replication_overflows_total` | | peer queues that overflowed (the peer got a fresh snapshot instead) |
+//! | `mip_replication_published_total` | | deltas (bindings, replay state) published to the peers |
+//! | `mip_replication_applied_total` | | peers' changes applied to this replica's cache and replay state |
 
 use std::sync::Arc;
 
@@ -24,7 +32,8 @@ use mip::dataplane::{DataDrop, DataPlane};
 use mip::roles::DropReason;
 use mip::wire::ReplyCode;
 use mip_io::metrics::{
-    Counter, DropCounters, Gauge, Histogram, LATENCY_BUCKETS, MetricsError, Registry, ReplyCodes, count_control_drop,
+    Counter, DropCounters, FloatGauge, Gauge, Histogram, LATENCY_BUCKETS, MetricsError, Registry, ReplyCodes,
+    count_control_drop,
 };
 
 const REGISTRATIONS: &str = "Registration replies sent to mobile nodes, by reply code.";
@@ -109,6 +118,76 @@ pub struct ProxyMetrics {
     pub icmp_generated: Counter,
     /// Send failures.
     pub send_errors: SendErrors,
+    /// Replication (registered even without `replication:`, at zero).
+    pub replication: ReplicationMetrics,
+}
+
+/// The `mip_replication_*` series.
+#[derive(Debug, Clone)]
+pub struct ReplicationMetrics {
+    /// Peers known (not this replica).
+    pub peers: Gauge,
+    /// Peers connected.
+    pub peers_connected: Gauge,
+    /// 1 once caught up.
+    pub caught_up: Gauge,
+    /// Replication lag, median (worst peer), seconds.
+    pub lag_p50: FloatGauge,
+    /// Replication lag, 99th percentile (worst peer), seconds.
+    pub lag_p99: FloatGauge,
+    /// Complete snapshots received.
+    pub snapshots_received: Counter,
+    /// Complete snapshots sent.
+    pub snapshots_sent: Counter,
+    /// Subscriber queue overflows.
+    pub overflows: Counter,
+    /// Deltas published.
+    pub published: Counter,
+    /// Remote changes applied.
+    pub applied: Counter,
+}
+
+impl ReplicationMetrics {
+    fn new(r: &Registry) -> Result<ReplicationMetrics, MetricsError> {
+        let lag = "Replication lag (a peer's write to applied here), worst peer, recent samples.";
+        let snapshots = "Complete replication snapshots, by direction.";
+        Ok(ReplicationMetrics {
+            peers: r.gauge("mip_replication_peers", "Peer replicas known (not this one).", &[])?,
+            peers_connected: r.gauge(
+                "mip_replication_peers_connected",
+                "Peer replicas whose replication stream to this one is open.",
+                &[],
+            )?,
+            caught_up: r.gauge(
+                "mip_replication_caught_up",
+                "1 once every peer's snapshot arrived (or unreachable peers were given up).",
+                &[],
+            )?,
+            lag_p50: r.float_gauge("mip_replication_lag_seconds", lag, &[("quantile", "0.5")])?,
+            lag_p99: r.float_gauge("mip_replication_lag_seconds", lag, &[("quantile", "0.99")])?,
+            snapshots_received: r.counter(
+                "mip_replication_snapshots_total",
+                snapshots,
+                &[("direction", "received")],
+            )?,
+            snapshots_sent: r.counter("mip_replication_snapshots_total", snapshots, &[("direction", "sent")])?,
+            overflows: r.counter(
+                "mip_replication_overflows_total",
+                "Peer queues that overflowed (the peer got a fresh snapshot instead).",
+                &[],
+            )?,
+            published: r.counter(
+                "mip_replication_published_total",
+                "Deltas (bindings, replay state) published to the peer replicas.",
+                &[],
+            )?,
+            applied: r.counter(
+                "mip_replication_applied_total",
+                "Changes from peer replicas applied to this replica's binding cache and replay state.",
+                &[],
+            )?,
+        })
+    }
 }
 
 impl ProxyMetrics {
@@ -181,6 +260,7 @@ impl ProxyMetrics {
                 tun: send("tun")?,
                 ha_tun: send("ha_tun")?,
             },
+            replication: ReplicationMetrics::new(r)?,
             registry,
         };
         Ok(metrics)
@@ -250,6 +330,16 @@ mod tests {
             "mip_tunnel_mtu_bytes{encapsulation=\"ipip\"} 1480",
             "mip_tunnel_mtu_bytes{encapsulation=\"udp\"} 1468",
             "mip_icmp_relayed_total 0",
+            "mip_replication_peers 0",
+            "mip_replication_peers_connected 0",
+            "mip_replication_caught_up 0",
+            "mip_replication_lag_seconds{quantile=\"0.5\"} 0",
+            "mip_replication_lag_seconds{quantile=\"0.99\"} 0",
+            "mip_replication_snapshots_total{direction=\"received\"} 0",
+            "mip_replication_snapshots_total{direction=\"sent\"} 0",
+            "mip_replication_overflows_total 0",
+            "mip_replication_published_total 0",
+            "mip_replication_applied_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
         }

@@ -43,6 +43,7 @@ use mip_io::socket::{IcmpErrorReport, RawSocket, UdpOptions, UdpSocket};
 
 use crate::bindings;
 use crate::metrics::{ProxyMetrics, Tunnel};
+use crate::replication::Replication;
 use crate::setup::KernelState;
 
 /// Batches read from one source per readiness event before yielding to the others.
@@ -189,6 +190,8 @@ struct Core {
     relayed: RelayTimes,
     /// The Identification of the home-agent reply being handled, to match its outcome to the relay time.
     reply_ident: Option<u64>,
+    /// Sharing bindings with peer replicas (`replication:`); `None` for a single replica.
+    replication: Option<Replication>,
 }
 
 /// The `mip-proxy` service.
@@ -228,7 +231,7 @@ impl ProxyService {
         let slot = BUFFER_SIZE.max(usize::from(d.tun_mtu().max(d.path_mtu)) + 64);
         let batch = || RecvBatch::new(DEFAULT_BATCH, slot);
         let p = &file.proxy;
-        let core = Core {
+        let mut core = Core {
             proxy: Proxy::new(p.clone(), ctx.keys.clone(), seed()),
             relayed: RelayTimes::new(
                 p.max_pending.min(65_536),
@@ -244,7 +247,12 @@ impl ProxyService {
             pending_sends: Vec::with_capacity(4),
             icmp_reports: Vec::with_capacity(8),
             reply_ident: None,
+            replication: None,
         };
+        if let Some(r) = &file.replication {
+            let m = core.metrics.replication.clone();
+            core.replication = Some(Replication::start(r, ctx.clock, Arc::clone(&ctx.waker), m)?);
+        }
         tracing::info!(
             public = %core.sockets.public.local_addr(),
             relay = %core.sockets.relay.local_addr(),
@@ -301,12 +309,12 @@ impl Core {
 
     fn handle(&mut self, now: Now, input: ProxyInput<'_>) {
         self.proxy.handle(now, input, &mut self.outputs);
-        self.process_outputs();
+        self.process_outputs(now);
     }
 
     /// Bookkeeping first (relay times, counters, logs), then the datagrams: whoever receives a reply finds the
     /// metrics already counting it.
-    fn process_outputs(&mut self) {
+    fn process_outputs(&mut self, now: Now) {
         let mut outputs = core::mem::take(&mut self.outputs);
         for o in outputs.drain(..) {
             match o {
@@ -321,6 +329,12 @@ impl Core {
                 }
                 ProxyOutput::Outcome(o) => {
                     self.metrics.registration(o.code);
+                    if let Some(r) = &mut self.replication
+                        && o.code.is_accepted()
+                        && !o.home_address.is_unspecified()
+                    {
+                        r.publish_replay(&self.proxy, o.home_address, now);
+                    }
                     if let Some(d) = self.reply_ident.take().and_then(|id| self.relayed.take(id)) {
                         self.metrics.relay_latency.observe_duration(d);
                     }
@@ -347,6 +361,9 @@ impl Core {
                         half_bound = c.binding.half_bound,
                         "binding"
                     );
+                    if let Some(r) = &mut self.replication {
+                        r.publish_change(&self.proxy, &c, now);
+                    }
                 }
                 ProxyOutput::Drop(reason) => self.metrics.control_drop(reason),
             }
@@ -381,6 +398,10 @@ impl Core {
     }
 
     fn tick(&mut self, now: Now) {
+        if let Some(r) = &mut self.replication {
+            r.mirror(&mut self.proxy, now);
+            r.update_metrics();
+        }
         self.handle(now, ProxyInput::Tick);
         self.relayed.prune_now_and_then();
     }
@@ -457,7 +478,7 @@ impl Core {
             self.proxy
                 .handle(now, ProxyInput::FromHomeAgent(r.datagram()), &mut self.outputs);
             self.reply_ident = ident;
-            self.process_outputs();
+            self.process_outputs(now);
         }
         more
     }
@@ -640,7 +661,7 @@ impl Service for ProxyService {
     }
 
     fn next_timer(&mut self) -> Option<Instant> {
-        if self.backlog.iter().any(|b| *b) {
+        if self.backlog.iter().any(|b| *b) || self.core.replication.as_ref().is_some_and(Replication::backlog) {
             return Some(self.clock.instant());
         }
         self.core.proxy.next_timer()
@@ -654,7 +675,15 @@ impl Service for ProxyService {
         bindings::to_json(self.core.proxy.bindings(), self.clock.instant()).to_string()
     }
 
+    fn serving(&self) -> bool {
+        self.core.replication.as_ref().is_none_or(Replication::caught_up)
+    }
+
     fn shutdown(&mut self) {
+        // `/readyz` is already false (withdrawn): hand the last changes to the peers before going.
+        if let Some(r) = &mut self.core.replication {
+            r.shutdown();
+        }
         self.core.flush();
         self.core.kernel.remove();
         tracing::info!(bindings = self.core.proxy.bindings().len(), "kernel state removed");

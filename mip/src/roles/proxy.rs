@@ -451,6 +451,11 @@ impl Proxy {
         self.keys = keys;
     }
 
+    /// The security associations in use.
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ProxyConfig {
         &self.config

@@ -265,6 +265,8 @@ pub struct Lab {
     pub proxy: Option<Child>,
     pub ha: Option<HaThread>,
     log: PathBuf,
+    /// The `replication:` section appended to the proxy's configuration (YAML, indented body lines).
+    pub replication: Option<String>,
 }
 
 impl Lab {
@@ -296,6 +298,7 @@ impl Lab {
             proxy: None,
             ha: None,
             log,
+            replication: None,
         };
         lab.build();
         lab.ha = Some(HaThread::start(&lab.ha_ns, keystore(KEY1)));
@@ -374,8 +377,11 @@ impl Lab {
             "proxy:\n  proxy_public: {PROXY_PUBLIC}\n  proxy_private: {PROXY_PRIVATE}\n  home_agents:\n    - address: \
              {HA}\n      home_networks: [10.10.1.0/24]\n  nat:\n    allow_forced: true\ndataplane:\n  mode: {mode}\n  \
              vpn_gateways: [{VPNGW}]\n{private}  tun: {TUN}\n  ha_tun: {HA_TUN}\n  tun_mtu: 1400\n  ha_path_table: \
-             {TABLE}\ndaemon:\n  keys_file: {}\n  admin: {ADMIN}\n  log_format: json\n",
-            self.keys_path().display()
+             {TABLE}\ndaemon:\n  keys_file: {}\n  admin: {ADMIN}\n  log_format: json\n{}",
+            self.keys_path().display(),
+            self.replication
+                .as_deref()
+                .map_or_else(String::new, |r| format!("replication:\n{r}"))
         )
     }
 
@@ -485,7 +491,11 @@ impl Lab {
         let sock = self
             .mn
             .run(|| UdpSocket::bind(SocketAddrV4::new(MN_COA, port)).unwrap());
-        Mobile { sock, force_udp: true }
+        Mobile {
+            sock,
+            force_udp: true,
+            sent: std::cell::RefCell::new(Vec::new()),
+        }
     }
 
     /// As [`Lab::mobile`], but without forcing UDP: no NAT is detected, so the tunnel is IP-in-IP.
@@ -565,6 +575,7 @@ pub enum RegResult {
     Registered { code: u8, tunnel: MnTunnel },
     Failed(u8),
     Timeout,
+    Deregistered,
 }
 
 /// The mobile node's UDP socket (its registered endpoint when bound to port 434).
@@ -572,6 +583,8 @@ pub struct Mobile {
     pub sock: UdpSocket,
     /// Set F in the UDP Tunnel Request.
     pub force_udp: bool,
+    /// Every registration request sent, in order (for replays).
+    pub sent: std::cell::RefCell<Vec<Vec<u8>>>,
 }
 
 impl Mobile {
@@ -613,10 +626,20 @@ impl Mobile {
 
     /// One registration with `key` through the proxy; waits up to `within`.
     pub fn register(&self, key: &str, within: Duration) -> RegResult {
+        self.register_then(key, within, false)
+    }
+
+    /// A registration, then (when it succeeded) a deregistration of all bindings: [`RegResult::Deregistered`]
+    /// once that was accepted.
+    pub fn register_and_deregister(&self, key: &str, within: Duration) -> RegResult {
+        self.register_then(key, within, true)
+    }
+
+    fn register_then(&self, key: &str, within: Duration, mut deregister: bool) -> RegResult {
         let clock = Clock::new();
         let local = self.local();
         let mut node = MobileNode::new(Mobile::config(self.force_udp), keystore(key), u64::from(local.port()));
-        let mut out = Vec::new();
+        let mut out: Vec<MnOutput> = Vec::new();
         node.handle(
             clock.now(),
             MnInput::Attached(Attachment::CoLocated {
@@ -632,9 +655,22 @@ impl Mobile {
             for o in out.drain(..) {
                 match o {
                     MnOutput::Send(t) => {
+                        self.sent.borrow_mut().push(t.payload.clone());
                         self.sock.send_to(&t.payload, t.dst).unwrap();
                     }
                     MnOutput::Outcome(o) => code = Some(u8::from(o.code)),
+                    MnOutput::Registered { .. } if deregister => {
+                        deregister = false;
+                        let mut more = Vec::new();
+                        node.handle(clock.now(), MnInput::Deregister, &mut more);
+                        for m in more {
+                            if let MnOutput::Send(t) = m {
+                                self.sent.borrow_mut().push(t.payload.clone());
+                                self.sock.send_to(&t.payload, t.dst).unwrap();
+                            }
+                        }
+                    }
+                    MnOutput::Deregistered => return RegResult::Deregistered,
                     MnOutput::Registered { tunnel, .. } => {
                         return RegResult::Registered {
                             code: code.unwrap_or(0),
