@@ -578,6 +578,34 @@ pub fn wait_echo(ns: &str, target: SocketAddrV4, timeout: Duration) -> Result<Du
     })
 }
 
+/// Reads `conn` to its end: (bytes, sha256 of them). With `deadline`, a stream still open at `deadline.0`
+/// is a timeout (reported as having waited `deadline.1`).
+pub fn sink_stream(conn: &mut impl Read, deadline: Option<(Instant, Duration)>) -> Result<(u64, [u8; 32])> {
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                h.update(buf.get(..k).unwrap_or_default());
+                n += k as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("receiving the transfer", e)),
+        }
+        if let Some((at, waited)) = deadline
+            && Instant::now() > at
+        {
+            return Err(Error::Timeout {
+                what: "the TCP transfer to finish".into(),
+                waited,
+            });
+        }
+    }
+    Ok((n, h.finalize().into()))
+}
+
 /// A checksummed TCP transfer.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct TransferReport {
@@ -642,27 +670,8 @@ pub fn tcp_transfer(
             conn.set_nonblocking(false).ctx(|| "blocking sink socket".into())?;
             conn.set_read_timeout(Some(Duration::from_secs(5)))
                 .ctx(|| "sink read timeout".into())?;
-            let mut h = Sha256::new();
-            let mut n = 0u64;
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                match conn.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(k) => {
-                        h.update(buf.get(..k).unwrap_or_default());
-                        n += k as u64;
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(Error::io("receiving the transfer", e)),
-                }
-                if Instant::now() > deadline {
-                    return Err(Error::Timeout {
-                        what: "the TCP transfer to finish".into(),
-                        waited: timeout,
-                    });
-                }
-            }
-            Ok((n, hex::encode(h.finalize()), Instant::now()))
+            let (n, sha) = sink_stream(&mut conn, Some((deadline, timeout)))?;
+            Ok((n, hex::encode(sha), Instant::now()))
         })
         .ctx(|| "spawning the TCP sink".into())?;
 

@@ -25,7 +25,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -881,21 +881,8 @@ pub fn timed_tcp_transfer(from_ns: &str, to_ns: &str, dst: SocketAddrV4, duratio
             let (mut conn, _) = listener.accept().ctx(|| "accepting the transfer connection".into())?;
             conn.set_read_timeout(Some(Duration::from_secs(10)))
                 .ctx(|| "sink read timeout".into())?;
-            let mut h = Sha256::new();
-            let mut n = 0u64;
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                match conn.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(k) => {
-                        h.update(buf.get(..k).unwrap_or_default());
-                        n += k as u64;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(Error::io("receiving the transfer", e)),
-                }
-            }
-            Ok((n, h.finalize().into(), Instant::now()))
+            let (n, sha) = crate::probe::sink_stream(&mut conn, None)?;
+            Ok((n, sha, Instant::now()))
         })
         .ctx(|| "spawning the TCP sink".into())?;
 
