@@ -124,9 +124,7 @@ pub const NO_LINK_ADDRESS: &str = "no_link_address";
 /// Runs the daemon until SIGTERM/SIGINT: keys from `daemon.keys_file` (reloaded on SIGHUP or change), admin HTTP
 /// on `daemon.admin`. Start-up errors are returned (the kernel state installed so far is removed).
 pub fn run(file: &FaFile) -> Result<(), String> {
-    mip_io::daemon::run(&file.daemon.keys_file, file.daemon.admin, |ctx| {
-        FaService::new(file, ctx)
-    })
+    mip_io::daemon::run(&file.daemon, |ctx| FaService::new(file, ctx))
 }
 
 // === packets (pure) ===

@@ -87,9 +87,8 @@ const UP_REASONS: &[&str] = &[
 
 /// Runs `mip-ha` with a loaded configuration until SIGTERM.
 pub fn run(file: HaFile) -> Result<(), String> {
-    let keys = file.daemon.keys_file.clone();
-    let admin = file.daemon.admin;
-    mip_io::daemon::run(&keys, admin, move |ctx| HaService::new(file, ctx))
+    let settings = file.daemon.clone();
+    mip_io::daemon::run(&settings, move |ctx| HaService::new(file, ctx))
 }
 
 struct Metrics {

@@ -132,9 +132,8 @@ const DOWN_REASONS: &[&str] = &[
 
 /// Runs `mip-mn` with a loaded configuration until SIGTERM.
 pub fn run(file: MnFile) -> Result<(), String> {
-    let keys = file.daemon.keys_file.clone();
-    let admin = file.daemon.admin;
-    mip_io::daemon::run(&keys, admin, move |ctx| MnService::new(file, ctx))
+    let settings = file.daemon.clone();
+    mip_io::daemon::run(&settings, move |ctx| MnService::new(file, ctx))
 }
 
 // === attachment detection (pure) ===

@@ -68,6 +68,16 @@ pub const ECMP_DMZ: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 /// Replicas mode: the ECMP router's address on the intranet LAN (next hop of the HA and the VPN gateway for
 /// `proxy_private`).
 pub const ECMP_LAN: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 2);
+/// A second home network of the HA, for the synthetic nodes of registration storms (`SystemOptions::storm_nodes`,
+/// [`storm_hoa`]): registrations only, no data plane.
+pub const STORM_NET: &str = "10.20.0.0/16";
+/// The most synthetic nodes [`STORM_NET`] holds.
+pub const STORM_MAX: u32 = 65_000;
+
+/// The home address of synthetic node `i` (0-based, `i < STORM_MAX`): 10.20.0.1, 10.20.0.2, ...
+pub fn storm_hoa(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 20, 0, 1)).saturating_add(i.min(STORM_MAX - 1)))
+}
 /// UDP port of the probe's echo server on the CN.
 pub const ECHO_PORT: u16 = 9000;
 

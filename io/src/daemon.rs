@@ -10,8 +10,7 @@
 //! kernel state) is held until `build` returns; the service is then shut down at once, without serving.
 
 use std::io;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,14 +125,17 @@ impl Stats {
     }
 }
 
-/// Runs a daemon until SIGTERM. `build` creates the service once the keys are loaded. Returns an error message
+/// Runs a daemon with `settings` (keys file, admin address, SIGTERM drain) until SIGTERM. `build` creates the
+/// service once the keys are loaded. Returns an error message
 /// for start-up failures (the caller prints it and exits non-zero). A SIGTERM or SIGINT that arrives before the
 /// loop starts (during `build`, say) ends the run as soon as `build` returns, with [`Service::shutdown`].
 pub fn run<S: Service>(
-    keys_file: &Path,
-    admin: SocketAddr,
+    settings: &DaemonSettings,
     build: impl FnOnce(&Context) -> Result<S, String>,
 ) -> Result<(), String> {
+    let keys_file = settings.keys_file.as_path();
+    let admin = settings.admin;
+    let drain = Duration::from_millis(settings.drain_ms);
     // First: a TERM from here on must not kill the process halfway through installing kernel state.
     let mut signals = Signals::install().map_err(|e| format!("signal handlers: {e}"))?;
     let mut watcher = KeysWatcher::new(keys_file);
@@ -181,8 +183,14 @@ pub fn run<S: Service>(
     ready.store(service.serving(), Ordering::Relaxed);
 
     let mut events = Events::with_capacity(256);
+    // Set by the first SIGTERM when there is a drain: serve until then, not ready.
+    let mut draining_until: Option<Instant> = None;
     loop {
-        let wait = clock.timeout(service.next_timer(), MAX_WAIT);
+        let timer = match (service.next_timer(), draining_until) {
+            (Some(t), Some(d)) => Some(t.min(d)),
+            (t, d) => t.or(d),
+        };
+        let wait = clock.timeout(timer, MAX_WAIT);
         if let Err(e) = poll.poll(&mut events, Some(wait))
             && e.kind() != io::ErrorKind::Interrupted
         {
@@ -198,7 +206,15 @@ pub fn run<S: Service>(
                 t => service.ready(t, now),
             }
         }
-        if signals.terminate_requested() {
+        if signals.take_terminate() {
+            if draining_until.is_some() || drain.is_zero() {
+                break;
+            }
+            let until = clock.instant() + drain;
+            tracing::info!(drain_ms = drain.as_millis() as u64, "terminating: not ready, draining");
+            draining_until = Some(until);
+        }
+        if draining_until.is_some_and(|d| clock.instant() >= d) {
             break;
         }
         if signals.take_hangup() {
@@ -218,7 +234,7 @@ pub fn run<S: Service>(
             None => {}
         }
         service.tick(clock.now());
-        ready.store(service.serving(), Ordering::Relaxed);
+        ready.store(draining_until.is_none() && service.serving(), Ordering::Relaxed);
     }
     tracing::info!("terminating");
     ready.store(false, Ordering::Relaxed);
@@ -301,7 +317,9 @@ pub fn flush_raw(sender: &RawSocket, batch: &mut SendBatch, lost: &Counter) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
     use std::sync::mpsc;
 
     /// Records its shutdown; registers nothing; serving when `serving` says so.
@@ -352,6 +370,62 @@ mod tests {
         text.split_whitespace().nth(1)?.parse().ok()
     }
 
+    fn settings(keys_file: PathBuf, admin: SocketAddr, drain_ms: u64) -> DaemonSettings {
+        DaemonSettings {
+            keys_file,
+            admin,
+            log_format: LogFormat::Text,
+            drain_ms,
+        }
+    }
+
+    /// SIGTERM with a drain: `/readyz` turns 503 at once while the service keeps running for the drain, then
+    /// it shuts down; a second SIGTERM ends the drain early.
+    #[test]
+    fn sigterm_drains_not_ready_then_shuts_down_and_a_second_signal_cuts_it_short() {
+        let _signals = crate::signal_lock();
+        let dir = tempfile::tempdir().unwrap();
+        for (admin_port, second) in [(19_438u16, false), (19_439, true)] {
+            let keys = write_keys(dir.path());
+            let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+            let shut_down = Arc::new(AtomicBool::new(false));
+            let serving = Arc::new(AtomicBool::new(true));
+            let (tx, rx) = mpsc::channel();
+            {
+                let (serving, shut_down) = (Arc::clone(&serving), Arc::clone(&shut_down));
+                std::thread::spawn(move || {
+                    let r = run(&settings(keys, admin, 1500), |_ctx| Ok(Probe { shut_down, serving }));
+                    tx.send(r).ok();
+                });
+            }
+            let end = std::time::Instant::now() + Duration::from_secs(5);
+            while readyz(admin) != Some(200) && std::time::Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(readyz(admin), Some(200));
+            let sent = std::time::Instant::now();
+            signal_hook::low_level::raise(libc::SIGTERM).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(readyz(admin), Some(503), "not ready while draining");
+            assert!(!shut_down.load(Ordering::SeqCst), "still serving while draining");
+            if second {
+                signal_hook::low_level::raise(libc::SIGTERM).unwrap();
+                let r = rx
+                    .recv_timeout(Duration::from_secs(1))
+                    .expect("a second SIGTERM ends the drain");
+                assert_eq!(r, Ok(()));
+                assert!(sent.elapsed() < Duration::from_millis(1500), "{:?}", sent.elapsed());
+            } else {
+                let r = rx
+                    .recv_timeout(Duration::from_secs(5))
+                    .expect("run returns after the drain");
+                assert_eq!(r, Ok(()));
+                assert!(sent.elapsed() >= Duration::from_millis(1500), "{:?}", sent.elapsed());
+            }
+            assert!(shut_down.load(Ordering::SeqCst));
+        }
+    }
+
     /// `/readyz` follows [`Service::serving`] (a replica not caught up yet is not ready), and the waker in the
     /// context wakes the loop.
     #[test]
@@ -367,7 +441,7 @@ mod tests {
         {
             let (serving, shut_down) = (Arc::clone(&serving), Arc::clone(&shut_down));
             std::thread::spawn(move || {
-                let r = run(&keys, admin, |ctx| {
+                let r = run(&settings(keys, admin, 0), |ctx| {
                     wtx.send(Arc::clone(&ctx.waker)).ok();
                     Ok(Probe { shut_down, serving })
                 });
@@ -425,7 +499,7 @@ mod tests {
             let (shut_down, built) = (Arc::clone(&shut_down), Arc::clone(&built));
             let serving = Arc::clone(&serving);
             std::thread::spawn(move || {
-                let r = run(&keys, SocketAddr::from(([127, 0, 0, 1], 0)), |_ctx| {
+                let r = run(&settings(keys, SocketAddr::from(([127, 0, 0, 1], 0)), 0), |_ctx| {
                     signal_hook::low_level::raise(libc::SIGTERM).unwrap();
                     // Still building after the signal: the process must survive until build returns.
                     std::thread::sleep(Duration::from_millis(50));

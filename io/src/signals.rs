@@ -58,6 +58,12 @@ impl Signals {
         self.terminate.load(Ordering::SeqCst)
     }
 
+    /// Whether SIGTERM or SIGINT arrived since the last call (clears it; [`Signals::terminate_requested`] sees
+    /// only later ones). The drain uses it to tell a second signal from the first.
+    pub fn take_terminate(&self) -> bool {
+        self.terminate.swap(false, Ordering::SeqCst)
+    }
+
     /// Whether SIGHUP arrived since the last call (clears it).
     pub fn take_hangup(&self) -> bool {
         self.hangup.swap(false, Ordering::SeqCst)

@@ -37,6 +37,9 @@ fn default_admin() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9434))
 }
 
+/// The longest SIGTERM drain [`DaemonSettings::drain_ms`] accepts.
+pub const MAX_DRAIN_MS: u64 = 600_000;
+
 /// Settings every daemon shares.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +52,11 @@ pub struct DaemonSettings {
     /// Log format.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// SIGTERM drain in milliseconds (default 0): `/readyz` turns false at once, the daemon keeps serving this
+    /// long (so a load balancer, a BFD-driven route controller or a Kubernetes endpoint update withdraws it
+    /// while it still forwards), then shuts down. A second SIGTERM/SIGINT ends the drain early.
+    #[serde(default)]
+    pub drain_ms: u64,
 }
 
 impl Validate for DaemonSettings {
@@ -59,6 +67,12 @@ impl Validate for DaemonSettings {
         }
         if self.admin.port() == 0 {
             e.push(ConfigError::new("admin", "needs a port"));
+        }
+        if self.drain_ms > MAX_DRAIN_MS {
+            e.push(ConfigError::new(
+                "drain_ms",
+                format!("at most {MAX_DRAIN_MS} (10 minutes); orchestrators kill long before that"),
+            ));
         }
         e
     }

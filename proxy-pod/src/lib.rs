@@ -26,7 +26,5 @@ pub use service::ProxyService;
 /// Runs the daemon until SIGTERM/SIGINT: keys from `daemon.keys_file` (reloaded on SIGHUP or change), admin
 /// HTTP on `daemon.admin`. Start-up errors are returned (the kernel state installed so far is removed).
 pub fn run(file: &ProxyFile) -> Result<(), String> {
-    mip_io::daemon::run(&file.daemon.keys_file, file.daemon.admin, |ctx| {
-        ProxyService::new(file, ctx)
-    })
+    mip_io::daemon::run(&file.daemon, |ctx| ProxyService::new(file, ctx))
 }
