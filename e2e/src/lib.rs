@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bfd;
 pub mod capture;
 pub mod cmd;
 pub mod delay;
@@ -20,6 +21,8 @@ pub mod mip_path;
 pub mod netns;
 pub mod plan;
 pub mod probe;
+pub mod replication_bench;
+pub mod storm;
 pub mod strongswan;
 pub mod system;
 pub mod throughput;

@@ -8,6 +8,7 @@
 //! e2e classify FILE.pcap                           count a capture's frames by class (JSON)
 //! e2e bench handoff --json OUT [--runs 10] [--only baseline|mip-proxy|all]
 //! e2e bench throughput --json OUT [--seconds 5] [--runs 5] [--only all|tcp|forwarding]
+//! e2e bench replication --json OUT [--bindings 1000000] [--rate 5000] [--seconds 5] [--storm-nodes 2000]
 //! e2e demo [--mode two-box|one-box] [--dwell-ms 2000] [--json OUT]   the lab demo: MN roams A -> C1 -> B -> D
 //! ```
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use mip_e2e::bench::{self, BenchOptions, Only};
 use mip_e2e::demo::{self, DemoOptions};
+use mip_e2e::replication_bench::{self, ReplicationBenchOptions};
 use mip_e2e::throughput::{self, ThroughputOptions};
 use mip_e2e::{Lab, LabOptions, Mode, capture, delay, probe, topology};
 
@@ -146,6 +148,38 @@ enum BenchCmd {
         /// What to measure.
         #[arg(long, value_enum, default_value_t = ThroughputOnlyArg::All)]
         only: ThroughputOnlyArg,
+    },
+    /// Replication (issue 5): snapshot of N bindings to a fresh replica, memory per binding, lag at a steady
+    /// rate and burst throughput (two replicators in-process), and registrations per second through 1, 2 and 3
+    /// mip-proxy replicas in the lab (a registration storm).
+    Replication {
+        /// Where to write the JSON result.
+        #[arg(long)]
+        json: PathBuf,
+        /// Bindings of the snapshot and the memory figures.
+        #[arg(long, default_value_t = 1_000_000)]
+        bindings: u32,
+        /// Lag: deltas (registrations) per second.
+        #[arg(long, default_value_t = 5_000)]
+        rate: u32,
+        /// Lag: for how many seconds.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Burst: deltas published as fast as possible.
+        #[arg(long, default_value_t = 200_000)]
+        burst: u32,
+        /// Registrations per second: synthetic nodes of the storm.
+        #[arg(long, default_value_t = 2_000)]
+        storm_nodes: u32,
+        /// Registrations per second: registrations per node.
+        #[arg(long, default_value_t = 3)]
+        storm_rounds: u32,
+        /// Registrations per second: replica counts, comma-separated (each in a fresh lab).
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 3])]
+        replicas: Vec<usize>,
+        /// Skip the lab (registrations per second): in-process figures only, no root needed.
+        #[arg(long)]
+        no_lab: bool,
     },
 }
 
@@ -331,6 +365,36 @@ fn run(cli: Cli) -> Result<()> {
                 ..ThroughputOptions::default()
             };
             let report = throughput::bench_throughput(&opts, &mut |line| eprintln!("{line}"))?;
+            std::fs::write(&json, report.to_json()).with_context(|| format!("writing {}", json.display()))?;
+            println!("{}", report.table());
+            println!("wrote {}", json.display());
+        }
+        Command::Bench {
+            which:
+                BenchCmd::Replication {
+                    json,
+                    bindings,
+                    rate,
+                    seconds,
+                    burst,
+                    storm_nodes,
+                    storm_rounds,
+                    replicas,
+                    no_lab,
+                },
+        } => {
+            let opts = ReplicationBenchOptions {
+                bindings,
+                rate,
+                seconds,
+                burst,
+                storm_nodes,
+                storm_rounds,
+                replicas: if no_lab { Vec::new() } else { replicas },
+                stop: stop_flag()?,
+                ..ReplicationBenchOptions::default()
+            };
+            let report = replication_bench::bench_replication(&opts, &mut |line| eprintln!("{line}"))?;
             std::fs::write(&json, report.to_json()).with_context(|| format!("writing {}", json.display()))?;
             println!("{}", report.table());
             println!("wrote {}", json.display());

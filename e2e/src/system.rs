@@ -1,6 +1,12 @@
 //! The whole product in the lab: `mip-ha` in ns `ha`, `mip-proxy` in ns `proxy` (two-box) or `vpngw`
-//! (one-box), `mip-fa` in `fa1`/`fa2`, `mip-mn` in `mn`, and the two unmodified strongSwan instances (VPN
-//! gateway in `vpngw`, VPN client in `mn` with the home address as its IKE and inner address).
+//! (one-box) or in each of `px1`..`px3` (replicas, behind the ECMP router), `mip-fa` in `fa1`/`fa2`, `mip-mn`
+//! in `mn`, and the two unmodified strongSwan instances (VPN gateway in `vpngw`, VPN client in `mn` with the
+//! home address as its IKE and inner address).
+//!
+//! Replicas mode: each replica relays registrations from its own LAN node address (`node_address`, so the
+//! HA's reply returns to the replica holding the pending entry) and replicates its bindings and replay state
+//! to the others over gRPC with mTLS (certificates made with `openssl` in the run directory, each with the
+//! replica's LAN address as IP SAN); the ECMP router's next hops are the running replicas.
 //!
 //! [`System::start`] writes every daemon's configuration and keys file into the lab's run directory, starts
 //! the daemons in dependency order (each must answer `/readyz` on its admin address before the next starts),
@@ -25,6 +31,9 @@ use crate::netns;
 use crate::plan::{self, Access};
 use crate::strongswan::{Charon, CharonSpec, IkeSa};
 use crate::topology::{Lab, Mode};
+
+/// gRPC port of replication between proxy replicas (on each replica's LAN node address).
+pub const REPLICATION_PORT: u16 = 7443;
 
 /// Every daemon's admin HTTP address, inside its own namespace.
 pub const ADMIN: &str = "127.0.0.1:9434";
@@ -54,6 +63,13 @@ pub struct SystemOptions {
     pub lifetime_secs: u16,
     /// Dead-peer detection of both charons (zero = off).
     pub dpd: Duration,
+    /// Replicas mode: how many of `px1`..`px3` run `mip-proxy` (1 to 3; the ECMP next hops are set to them).
+    pub replicas: usize,
+    /// Synthetic nodes known to the proxy and the HA (MN-HA SAs for `plan::storm_hoa(0..n)`, home network
+    /// `plan::STORM_NET`), for registration storms (`crate::storm`). At most `plan::STORM_MAX`.
+    pub storm_nodes: u32,
+    /// `mip-proxy`'s SIGTERM drain (`daemon.drain_ms`): serving, not ready, this long before it exits.
+    pub proxy_drain: Duration,
 }
 
 impl Default for SystemOptions {
@@ -63,6 +79,9 @@ impl Default for SystemOptions {
             foreign_agents: true,
             lifetime_secs: 600,
             dpd: Duration::ZERO,
+            replicas: 3,
+            storm_nodes: 0,
+            proxy_drain: Duration::ZERO,
         }
     }
 }
@@ -75,8 +94,9 @@ pub struct System {
     opts: SystemOptions,
     /// `mip-ha` in ns `ha`.
     pub ha: ProcessGuard,
-    /// `mip-proxy` in [`System::proxy_ns`]; `None` while stopped by [`System::stop_proxy`].
-    pub proxy: Option<ProcessGuard>,
+    /// `mip-proxy`: one per replica (index 0 in [`System::proxy_ns`]; in Replicas mode index `i` in
+    /// [`System::replica_ns`]`(i)`); `None` while stopped.
+    pub proxies: Vec<Option<ProcessGuard>>,
     /// `mip-fa` in `fa1` and `fa2`, when [`SystemOptions::foreign_agents`].
     pub fas: Vec<ProcessGuard>,
     /// `mip-mn` in ns `mn`.
@@ -197,15 +217,47 @@ impl System {
         let dir = lab.run_dir().join("system");
         fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         let mode = lab.mode();
-        if mode == Mode::Replicas {
-            return Err(Error::Usage(
-                "System::start: the Replicas lab mode is topology only so far (issue 5); no daemons for it yet".into(),
-            ));
+        let count = match mode {
+            Mode::Replicas if (1..=plan::REPLICA_NS.len()).contains(&opts.replicas) => opts.replicas,
+            Mode::Replicas => {
+                return Err(Error::Usage(format!(
+                    "SystemOptions::replicas is {}; the lab has 1 to {} replicas",
+                    opts.replicas,
+                    plan::REPLICA_NS.len()
+                )));
+            }
+            Mode::TwoBox | Mode::OneBox => 1,
+        };
+        if opts.storm_nodes > plan::STORM_MAX {
+            return Err(Error::Usage(format!(
+                "SystemOptions::storm_nodes is {}; {} holds at most {}",
+                opts.storm_nodes,
+                plan::STORM_NET,
+                plan::STORM_MAX
+            )));
         }
-        write_configs(&dir, mode, &opts)?;
+        write_configs(&dir, mode, count, &opts)?;
+        if mode == Mode::Replicas {
+            lab.set_replica_nexthops(&(0..count).collect::<Vec<_>>())?;
+        }
 
         let ha = start_daemon(lab, &dir, "ha", "mip-ha", "ha")?;
-        let proxy = start_daemon(lab, &dir, proxy_ns(mode), "mip-proxy", "proxy")?;
+        // Replicas wait for each other's snapshots before they are ready: spawn them all, then wait.
+        let mut spawned = Vec::new();
+        for i in 0..count {
+            spawned.push(spawn_daemon(
+                lab,
+                &dir,
+                replica_ns(mode, i),
+                "mip-proxy",
+                &proxy_name(mode, i),
+            )?);
+        }
+        let mut proxies = Vec::new();
+        for (i, mut guard) in spawned.into_iter().enumerate() {
+            wait_ready(lab, &mut guard, replica_ns(mode, i), "mip-proxy")?;
+            proxies.push(Some(guard));
+        }
         let mut fas = Vec::new();
         if opts.foreign_agents {
             fas.push(start_daemon(lab, &dir, "fa1", "mip-fa", "fa1")?);
@@ -227,7 +279,7 @@ impl System {
             mode,
             opts,
             ha,
-            proxy: Some(proxy),
+            proxies,
             fas,
             mn,
             gateway,
@@ -237,13 +289,83 @@ impl System {
 
     /// Stops `mip-proxy` (SIGTERM, as an orchestrator would).
     pub fn stop_proxy(&mut self) -> Option<std::process::ExitStatus> {
-        self.proxy.take().and_then(|mut p| p.stop())
+        self.stop_replica(0)
     }
 
     /// Starts `mip-proxy` again with the same configuration.
     pub fn start_proxy(&mut self, lab: &Lab) -> Result<()> {
-        self.proxy = Some(start_daemon(lab, &self.dir, proxy_ns(self.mode), "mip-proxy", "proxy")?);
+        self.start_replica(lab, 0)
+    }
+
+    /// How many proxies the system has (1, or the replicas in Replicas mode).
+    pub fn replica_count(&self) -> usize {
+        self.proxies.len()
+    }
+
+    /// The namespace (short name) of proxy replica `i` (`px1`.. in Replicas mode; else [`System::proxy_ns`]).
+    pub fn replica_ns(&self, i: usize) -> &'static str {
+        replica_ns(self.mode, i)
+    }
+
+    /// The running `mip-proxy` of replica `i`, if any.
+    pub fn replica(&mut self, i: usize) -> Option<&mut ProcessGuard> {
+        self.proxies.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// SIGTERM to replica `i` and wait for it to exit (its drain, then its flush; SIGKILL after
+    /// `cmd::STOP_GRACE` plus the drain).
+    pub fn stop_replica(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let mut p = self.proxies.get_mut(i).and_then(Option::take)?;
+        if p.signal(nix::sys::signal::Signal::SIGTERM).is_err() {
+            return p.stop();
+        }
+        let deadline = Instant::now() + self.opts.proxy_drain + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if !p.is_running() {
+                return p.exit_status();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        p.stop()
+    }
+
+    /// SIGKILL to replica `i` (a crash: no drain, no flush, its kernel state left behind) and reap it.
+    pub fn kill_replica(&mut self, i: usize) -> Result<Option<std::process::ExitStatus>> {
+        let Some(mut p) = self.proxies.get_mut(i).and_then(Option::take) else {
+            return Err(Error::Usage(format!("replica {i} is not running")));
+        };
+        p.signal(nix::sys::signal::Signal::SIGKILL)?;
+        Ok(p.stop())
+    }
+
+    /// Starts replica `i` again with the same configuration; returns once it answers `/readyz` with 200 (for
+    /// a replica: once it has caught up with its peers).
+    pub fn start_replica(&mut self, lab: &Lab, i: usize) -> Result<()> {
+        let slot = self
+            .proxies
+            .get_mut(i)
+            .ok_or_else(|| Error::Usage(format!("no replica {i}")))?;
+        if slot.is_some() {
+            return Err(Error::Usage(format!("replica {i} is running")));
+        }
+        let ns = replica_ns(self.mode, i);
+        let mut guard = spawn_daemon(lab, &self.dir, ns, "mip-proxy", &proxy_name(self.mode, i))?;
+        wait_ready(lab, &mut guard, ns, "mip-proxy")?;
+        *slot = Some(guard);
         Ok(())
+    }
+
+    /// Spawns replica `i` again without waiting for readiness (to watch it catch up).
+    pub fn spawn_replica(&mut self, lab: &Lab, i: usize) -> Result<()> {
+        let ns = replica_ns(self.mode, i);
+        let guard = spawn_daemon(lab, &self.dir, ns, "mip-proxy", &proxy_name(self.mode, i))?;
+        match self.proxies.get_mut(i) {
+            Some(slot @ None) => {
+                *slot = Some(guard);
+                Ok(())
+            }
+            _ => Err(Error::Usage(format!("replica {i} is running or does not exist"))),
+        }
     }
 
     /// The options the system was started with.
@@ -268,7 +390,7 @@ impl System {
         for fa in &mut self.fas {
             fa.stop();
         }
-        if let Some(p) = &mut self.proxy {
+        for p in self.proxies.iter_mut().flatten() {
             p.stop();
         }
         self.ha.stop();
@@ -281,23 +403,44 @@ impl Drop for System {
     }
 }
 
-/// The namespace `mip-proxy` runs in for a mode.
+/// The namespace `mip-proxy` runs in for a mode (the first replica's in Replicas mode).
 pub fn proxy_ns(mode: Mode) -> &'static str {
+    replica_ns(mode, 0)
+}
+
+/// The namespace of proxy replica `i`.
+fn replica_ns(mode: Mode, i: usize) -> &'static str {
     match mode {
         Mode::TwoBox => "proxy",
         Mode::OneBox => "vpngw",
-        // The first replica (System::start refuses this mode so far).
-        Mode::Replicas => "px1",
+        Mode::Replicas => plan::REPLICA_NS.get(i).copied().unwrap_or("px1"),
+    }
+}
+
+/// The config/log file stem of proxy replica `i`.
+fn proxy_name(mode: Mode, i: usize) -> String {
+    match mode {
+        Mode::TwoBox | Mode::OneBox => "proxy".into(),
+        Mode::Replicas => format!("proxy-{}", replica_ns(mode, i)),
     }
 }
 
 fn start_daemon(lab: &Lab, dir: &Path, ns: &str, bin: &str, name: &str) -> Result<ProcessGuard> {
+    let mut guard = spawn_daemon(lab, dir, ns, bin, name)?;
+    wait_ready(lab, &mut guard, ns, bin)?;
+    Ok(guard)
+}
+
+fn spawn_daemon(lab: &Lab, dir: &Path, ns: &str, bin: &str, name: &str) -> Result<ProcessGuard> {
     let exe = find_bin(bin)?;
     let config = dir.join(format!("{name}.yaml"));
     let log = dir.join(format!("{name}.log"));
     let exe_s = exe.display().to_string();
     let config_s = config.display().to_string();
-    let mut guard = lab.spawn(ns, &[&exe_s, "--config", &config_s], &log)?;
+    lab.spawn(ns, &[&exe_s, "--config", &config_s], &log)
+}
+
+fn wait_ready(lab: &Lab, guard: &mut ProcessGuard, ns: &str, bin: &str) -> Result<()> {
     let full = lab.ns(ns);
     poll_until(
         &format!("{bin} in {full} to answer /readyz"),
@@ -312,8 +455,7 @@ fn start_daemon(lab: &Lab, dir: &Path, ns: &str, bin: &str, name: &str) -> Resul
             }
             Ok(matches!(admin_request(&full, "/readyz"), Ok((200, _))).then_some(()))
         },
-    )?;
-    Ok(guard)
+    )
 }
 
 /// The string at JSON pointer `ptr` in `v`.
@@ -385,13 +527,26 @@ pub fn care_of_address(access: Access) -> Ipv4Addr {
     }
 }
 
-fn write_configs(dir: &Path, mode: Mode, opts: &SystemOptions) -> Result<()> {
+fn write_configs(dir: &Path, mode: Mode, replicas: usize, opts: &SystemOptions) -> Result<()> {
     // Keys: the MN and the HA share the MN-HA SA with the proxy (which acts as the HA toward the MN and as the
     // MN toward the HA); the FAs share FA-HA SAs with the proxy.
     let mn_ha = format!(
         "  - home_address: {}\n    spi: {MN_HA_SPI}\n    key: {MN_HA_KEY}\n",
         plan::HOA
     );
+    // The synthetic nodes of registration storms share the MN-HA key (the lab's; each node has its own SA).
+    let mut storm = String::with_capacity(opts.storm_nodes as usize * 80);
+    for i in 0..opts.storm_nodes {
+        storm.push_str(&format!(
+            "  - home_address: {}\n    spi: {MN_HA_SPI}\n    key: {MN_HA_KEY}\n",
+            plan::storm_hoa(i)
+        ));
+    }
+    let home_networks = if opts.storm_nodes > 0 {
+        format!("{}, {}", plan::HOME_NET, plan::STORM_NET)
+    } else {
+        plan::HOME_NET.to_owned()
+    };
     let fa_ha = |peer: Ipv4Addr| format!("  - peer: {peer}\n    spi: {FA_HA_SPI}\n    key: {FA_HA_KEY}\n");
     let keys = |name: &str, body: String| -> Result<PathBuf> {
         let p = dir.join(format!("{name}.keys.yaml"));
@@ -402,9 +557,9 @@ fn write_configs(dir: &Path, mode: Mode, opts: &SystemOptions) -> Result<()> {
     // its SA by the care-of address in the request (spec §5: FA-HA behind a NAT).
     let proxy_keys = keys(
         "proxy",
-        format!("{mn_ha}{}{}", fa_ha(plan::FA1_COA), fa_ha(plan::FA2_ROUTED)),
+        format!("{mn_ha}{storm}{}{}", fa_ha(plan::FA1_COA), fa_ha(plan::FA2_ROUTED)),
     )?;
-    let ha_keys = keys("ha", mn_ha.clone())?;
+    let ha_keys = keys("ha", format!("{mn_ha}{storm}"))?;
     let mn_keys = keys("mn", mn_ha)?;
     let fa1_keys = keys("fa1", fa_ha(plan::PROXY_PUBLIC))?;
     let fa2_keys = keys("fa2", fa_ha(plan::PROXY_PUBLIC))?;
@@ -413,11 +568,51 @@ fn write_configs(dir: &Path, mode: Mode, opts: &SystemOptions) -> Result<()> {
         Mode::TwoBox | Mode::Replicas => ("two_box", format!("  vpn_gateway_private: {}\n", plan::VPNGW_PRIVATE)),
         Mode::OneBox => ("one_box", String::new()),
     };
-    let proxy = format!(
-        "proxy:
+    let tls = if mode == Mode::Replicas {
+        Some(replica_certificates(dir, replicas)?)
+    } else {
+        None
+    };
+    for i in 0..replicas {
+        // Replicas: relay from the replica's own LAN address (the HA's reply must reach the replica holding
+        // the pending entry), replicate to every other replica over mTLS, drain on SIGTERM.
+        let (node_address, replication) = match (&tls, plan::REPLICA_LAN.get(i)) {
+            (Some(tls), Some(node)) => {
+                let peers: Vec<String> = plan::REPLICA_LAN
+                    .iter()
+                    .take(replicas)
+                    .map(|a| format!("{a}:{REPLICATION_PORT}"))
+                    .collect();
+                let replication = format!(
+                    "replication:
+  replica_id: {id}
+  listen: {node}:{REPLICATION_PORT}
+  peers:
+    static: [{peers}]
+  tls:
+    cert: {tls}/{ns}.crt
+    key: {tls}/{ns}.key
+    ca: {tls}/ca.crt
+  # Lab timings: digests every second repair gaps fast; a replica whose peers are all gone is ready after 5 s.
+  digest_interval_ms: 1000
+  reconnect_ms: 100
+  catchup_timeout_ms: 5000
+  flush_timeout_ms: 1000
+",
+                    id = i + 1,
+                    peers = peers.join(", "),
+                    tls = tls.display(),
+                    ns = replica_ns(mode, i),
+                );
+                (format!("  node_address: {node}\n"), replication)
+            }
+            _ => (String::new(), String::new()),
+        };
+        let proxy = format!(
+            "proxy:
   proxy_public: {public}
   proxy_private: {private_addr}
-  home_agents:
+{node_address}  home_agents:
     - address: {ha}
       home_networks: [{home}]
   nat:
@@ -429,16 +624,20 @@ dataplane:
   vpn_gateways: [{gw}]
 {private}  tun: mipp0
   ha_tun: mipp1
-{daemon}",
-        public = plan::PROXY_PUBLIC,
-        private_addr = plan::PROXY_PRIVATE,
-        ha = plan::HA_HOME,
-        home = plan::HOME_NET,
-        ka = opts.nat_keepalive_secs,
-        gw = plan::VPNGW_PUBLIC,
-        daemon = daemon_section(&proxy_keys),
-    );
-    fs::write(dir.join("proxy.yaml"), proxy).ctx(|| "writing proxy.yaml".into())?;
+{daemon}  drain_ms: {drain}
+{replication}",
+            public = plan::PROXY_PUBLIC,
+            private_addr = plan::PROXY_PRIVATE,
+            ha = plan::HA_HOME,
+            home = home_networks,
+            ka = opts.nat_keepalive_secs,
+            gw = plan::VPNGW_PUBLIC,
+            daemon = daemon_section(&proxy_keys),
+            drain = opts.proxy_drain.as_millis(),
+        );
+        let name = proxy_name(mode, i);
+        fs::write(dir.join(format!("{name}.yaml")), proxy).ctx(|| format!("writing {name}.yaml"))?;
+    }
 
     let ha = format!(
         "ha:
@@ -448,7 +647,7 @@ dataplane:
   tun: miph0
 {daemon}",
         ha = plan::HA_HOME,
-        home = plan::HOME_NET,
+        home = home_networks,
         daemon = daemon_section(&ha_keys),
     );
     fs::write(dir.join("ha.yaml"), ha).ctx(|| "writing ha.yaml".into())?;
@@ -495,4 +694,76 @@ dataplane:
         fs::write(dir.join(format!("{name}.yaml")), fa).ctx(|| format!("writing {name}.yaml"))?;
     }
     Ok(())
+}
+
+/// A CA and one certificate per replica (EC P-256, the replica's LAN address as IP SAN, server and client
+/// use: the same certificate serves and dials) in `dir/tls`, made with `openssl`; returns the directory.
+fn replica_certificates(dir: &Path, replicas: usize) -> Result<PathBuf> {
+    let tls = dir.join("tls");
+    fs::create_dir_all(&tls).ctx(|| format!("creating {}", tls.display()))?;
+    let path = |name: &str| tls.join(name).display().to_string();
+    let (ca_key, ca_crt) = (path("ca.key"), path("ca.crt"));
+    crate::cmd::run(
+        None,
+        &[
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca_crt,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=mip lab replication CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    )?;
+    for (ns, addr) in plan::REPLICA_NS.iter().zip(plan::REPLICA_LAN).take(replicas) {
+        let (key, crt) = (path(&format!("{ns}.key")), path(&format!("{ns}.crt")));
+        let san = format!("subjectAltName=IP:{addr}");
+        let subj = format!("/CN=mip-proxy {ns}");
+        crate::cmd::run(
+            None,
+            &[
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-subj",
+                &subj,
+                "-CA",
+                &ca_crt,
+                "-CAkey",
+                &ca_key,
+                "-addext",
+                &san,
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+                "-addext",
+                "extendedKeyUsage=serverAuth,clientAuth",
+            ],
+        )?;
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).ctx(|| format!("chmod {key}"))?;
+    }
+    Ok(tls)
 }

@@ -489,7 +489,7 @@ fn two_box_bad_input_on_every_listening_port_is_dropped_and_counted() {
     for guard in [&mut e.sys.ha, &mut e.sys.mn] {
         assert!(guard.is_running(), "still running");
     }
-    assert!(e.sys.proxy.as_mut().unwrap().is_running());
+    assert!(e.sys.replica(0).unwrap().is_running());
     for fa in &mut e.sys.fas {
         assert!(fa.is_running());
     }

@@ -118,7 +118,9 @@ pub struct ProxyConfig {
     /// `proxy_private` (MIPP-Priv): the care-of address the home agents see.
     pub proxy_private: Ipv4Addr,
     /// This replica's own address, the source of relayed requests so the HA's reply returns to the replica that
-    /// holds the pending entry (scale-out, ARCHITECTURE.md). Default: `proxy_private`.
+    /// holds the pending entry (scale-out, ARCHITECTURE.md). Default: `proxy_private`. When it differs, relayed
+    /// requests carry D = 0 (proxy_private as an agent's care-of address, not a co-located one), so the HA
+    /// does not mistake the differing source for a NAT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_address: Option<Ipv4Addr>,
     /// UDP source port of relayed requests (default 434).
@@ -834,9 +836,14 @@ impl Proxy {
         let r = req.repr;
         let f = r.flags;
         let broadcast = f.broadcast() && self.config.broadcast;
+        // A replica relaying from its own node address presents proxy_private as a foreign agent's care-of
+        // address (D = 0): the HA tunnels to proxy_private as always and answers the request's source, the
+        // replica holding the pending entry. A co-located care-of address (D = 1) reached from another source
+        // is what an RFC 3519 home agent takes for a NAT it was not asked to traverse, and refuses (134).
+        let co_located = !broadcast && self.config.node_address() == self.config.proxy_private;
         let flags = RequestFlags(f.0 & (RequestFlags::M | RequestFlags::G | RequestFlags::R_RESERVED))
             .with(RequestFlags::B, broadcast)
-            .with(RequestFlags::D, !broadcast)
+            .with(RequestFlags::D, co_located)
             .with(RequestFlags::T, self.config.mobility_subnet_forwarding);
         let repr = RequestRepr {
             flags,

@@ -234,6 +234,29 @@ fn case_32_relay_rewrite_v1_to_v2() {
     assert_eq!(p.pending_count(), 1);
 }
 
+/// Scale-out: a replica with its own node address relays from it, with care-of address proxy_private and D = 0
+/// (an agent's care-of address: an RFC 3519 HA would take a co-located one from another source for a NAT),
+/// and takes the HA's reply on it.
+#[test]
+fn node_address_relays_from_it_with_d_clear_and_the_reply_completes() {
+    const NODE: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 11);
+    let mut c = config();
+    c.node_address = Some(NODE);
+    let mut p = proxy_with(c);
+    let out = run(&mut p, at(0), ProxyInput::FromMobile(from_mn(&h(V1), mn_src())));
+    let t = only_send(&out).clone();
+    assert_eq!(t.src, SocketAddrV4::new(NODE, 434));
+    let r = request_of(&t).repr;
+    assert_eq!(r.care_of_address, PRIV);
+    assert!(!r.flags.decapsulation_by_mn(), "D clear: {:#04x}", r.flags.0);
+    let reply = ha_reply(&t, 0, 600, &[]);
+    let mut dg = from_ha(&reply);
+    dg.dst = SocketAddrV4::new(NODE, 434);
+    let out = run(&mut p, at(1), ProxyInput::FromHomeAgent(dg));
+    assert_eq!(reply_of(only_send(&out)).repr.code, ReplyCode::Accepted);
+    assert_eq!(p.bindings().len(), 1);
+}
+
 #[test]
 fn case_33_vt02_mobility_subnet_relays_t() {
     let mut c = config();
