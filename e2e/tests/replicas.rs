@@ -352,8 +352,8 @@ fn replicas_sigterm_drains_without_loss_and_a_partitioned_replica_converges_afte
     let px3 = e.px(2);
     let port = system::REPLICATION_PORT;
     let rules = format!(
-        "table inet partition {{ chain in {{ type filter hook input priority 0; tcp dport {port} drop; tcp sport {port} drop; }} \
-         chain out {{ type filter hook output priority 0; tcp dport {port} drop; tcp sport {port} drop; }} }}"
+        "table inet partition {{ chain in {{ type filter hook input priority 0; tcp dport {port} drop; tcp sport {port} drop; }}; \
+         chain out {{ type filter hook output priority 0; tcp dport {port} drop; tcp sport {port} drop; }}; }}"
     );
     mip_e2e::cmd::Cmd::in_ns(&px3, ["nft", rules.as_str()]).run().unwrap();
     e.lab.set_replica_nexthops(&[0, 1]).unwrap();
