@@ -12,9 +12,10 @@ command -v git >/dev/null 2>&1 || need_apt+=(git)
 # protoc for mip-proto (tonic-prost-build generates the gRPC code at build time and bundles no protoc).
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 # The namespace lab (e2e/, docs/lab.md): strongSwan with kernel-libipsec as VPN client and gateway,
-# nftables masquerade as NAT, captures, and the probe/transfer helpers.
+# nftables masquerade as NAT, captures, the probe/transfer helpers, and openssl for the replicas' mTLS
+# certificates (Replicas mode).
 for pkg in strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins \
-           nftables iproute2 tcpdump socat netcat-openbsd iputils-ping; do
+           nftables iproute2 tcpdump socat netcat-openbsd iputils-ping openssl; do
   has_pkg "$pkg" || need_apt+=("$pkg")
 done
 

@@ -41,6 +41,7 @@ pub const LAB_TOOLS: &[(&str, &str)] = &[
     ("ping", "iputils-ping: reachability and RTT checks"),
     ("tcpdump", "packet captures"),
     ("tshark", "cross-checking captures"),
+    ("openssl", "the replicas' mTLS certificates (Replicas mode)"),
     (strongswan::CHARON, "strongswan-charon: the IKE daemon"),
     (
         "swanctl",
