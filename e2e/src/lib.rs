@@ -17,6 +17,7 @@ pub mod cmd;
 pub mod delay;
 pub mod demo;
 pub mod error;
+pub mod failover;
 pub mod mip_path;
 pub mod netns;
 pub mod plan;

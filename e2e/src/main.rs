@@ -8,6 +8,7 @@
 //! e2e classify FILE.pcap                           count a capture's frames by class (JSON)
 //! e2e bench handoff --json OUT [--runs 10] [--only baseline|mip-proxy|all]
 //! e2e bench throughput --json OUT [--seconds 5] [--runs 5] [--only all|tcp|forwarding]
+//! e2e bench failover --json OUT [--runs 10] [--bfd-interval-ms 50] [--bfd-multiplier 3]
 //! e2e bench replication --json OUT [--bindings 1000000] [--rate 5000] [--seconds 5] [--storm-nodes 2000]
 //! e2e demo [--mode two-box|one-box] [--dwell-ms 2000] [--json OUT]   the lab demo: MN roams A -> C1 -> B -> D
 //! ```
@@ -24,6 +25,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use mip_e2e::bench::{self, BenchOptions, Only};
 use mip_e2e::demo::{self, DemoOptions};
+use mip_e2e::failover;
 use mip_e2e::replication_bench::{self, ReplicationBenchOptions};
 use mip_e2e::throughput::{self, ThroughputOptions};
 use mip_e2e::{Lab, LabOptions, Mode, capture, delay, probe, topology};
@@ -148,6 +150,22 @@ enum BenchCmd {
         /// What to measure.
         #[arg(long, value_enum, default_value_t = ThroughputOnlyArg::All)]
         only: ThroughputOnlyArg,
+    },
+    /// Failover (issue 5): SIGKILL of the proxy replica carrying the traffic, BFD stand-in withdraws it from
+    /// the ECMP routes, traffic resumes through the other replicas; p50/max over the runs.
+    Failover {
+        /// Where to write the JSON result.
+        #[arg(long)]
+        json: PathBuf,
+        /// Replica kills.
+        #[arg(long, default_value_t = 10)]
+        runs: u32,
+        /// BFD stand-in: probe interval, ms.
+        #[arg(long, default_value_t = 50)]
+        bfd_interval_ms: u64,
+        /// BFD stand-in: missed probes that declare a replica down.
+        #[arg(long, default_value_t = 3)]
+        bfd_multiplier: u32,
     },
     /// Replication (issue 5): snapshot of N bindings to a fresh replica, memory per binding, lag at a steady
     /// rate and burst throughput (two replicators in-process), and registrations per second through 1, 2 and 3
@@ -367,6 +385,38 @@ fn run(cli: Cli) -> Result<()> {
             let report = throughput::bench_throughput(&opts, &mut |line| eprintln!("{line}"))?;
             std::fs::write(&json, report.to_json()).with_context(|| format!("writing {}", json.display()))?;
             println!("{}", report.table());
+            println!("wrote {}", json.display());
+        }
+        Command::Bench {
+            which:
+                BenchCmd::Failover {
+                    json,
+                    runs,
+                    bfd_interval_ms,
+                    bfd_multiplier,
+                },
+        } => {
+            let opts = failover::FailoverOptions {
+                runs,
+                bfd: mip_e2e::bfd::BfdOptions {
+                    interval: Duration::from_millis(bfd_interval_ms.max(1)),
+                    multiplier: bfd_multiplier.max(1),
+                },
+                stop: stop_flag()?,
+                ..failover::FailoverOptions::default()
+            };
+            let report = failover::bench_failover(&opts, &mut |line| eprintln!("{line}"))?;
+            std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", json.display()))?;
+            println!(
+                "failover: SIGKILL -> traffic p50 {:.0} ms, max {:.0} ms (target p50 <= {:.0} ms: {}); detection p50 {:.0} ms; {} re-registrations",
+                report.kill_to_traffic_ms.p50,
+                report.kill_to_traffic_ms.max,
+                report.target_p50_ms,
+                if report.target_met { "met" } else { "NOT met" },
+                report.detection_ms.p50,
+                report.reregistrations
+            );
             println!("wrote {}", json.display());
         }
         Command::Bench {

@@ -17,6 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use mip_e2e::bfd::{Bfd, BfdOptions};
+use mip_e2e::failover;
 use mip_e2e::probe::{self, ProbeConfig, Prober};
 use mip_e2e::storm::{self, StormOptions};
 use mip_e2e::strongswan::IkeSa;
@@ -176,21 +177,6 @@ impl Env {
         )
         .unwrap()
     }
-
-    /// The running replica that forwards most of the probe's tunnel packets (sampled over 300 ms).
-    fn busiest(&self, running: &[usize]) -> usize {
-        let before: Vec<f64> = running.iter().map(|&i| self.tunnel_packets(i)).collect();
-        std::thread::sleep(Duration::from_millis(300));
-        let mut best = (running[0], -1.0);
-        for (k, &i) in running.iter().enumerate() {
-            let d = self.tunnel_packets(i) - before[k];
-            if d > best.1 {
-                best = (i, d);
-            }
-        }
-        assert!(best.1 > 0.0, "no replica forwards tunnel packets");
-        best.0
-    }
 }
 
 fn same_sas(before: &(Vec<IkeSa>, Vec<IkeSa>), after: &(Vec<IkeSa>, Vec<IkeSa>), what: &str) {
@@ -238,7 +224,7 @@ fn replicas_register_via_one_serve_via_another_survive_sigkill_and_catch_up_on_r
     let bfd = Bfd::start(&e.lab, BfdOptions::default()).unwrap();
     let prober = e.prober();
     std::thread::sleep(Duration::from_millis(300));
-    let victim = e.busiest(&[0, 1, 2]);
+    let victim = failover::busiest_replica(&e.lab, &e.sys, &[0, 1, 2], Duration::from_millis(300)).unwrap();
     let (mn_ns, cn_ns) = (e.ns("mn"), e.ns("cn"));
     let transfer = std::thread::spawn(move || {
         probe::tcp_transfer(
@@ -324,7 +310,7 @@ fn replicas_sigterm_drains_without_loss_and_a_partitioned_replica_converges_afte
     let bfd = Bfd::start(&e.lab, BfdOptions::default()).unwrap();
     let prober = e.prober();
     std::thread::sleep(Duration::from_millis(300));
-    let victim = e.busiest(&[0, 1, 2]);
+    let victim = failover::busiest_replica(&e.lab, &e.sys, &[0, 1, 2], Duration::from_millis(300)).unwrap();
     let stopped = Instant::now();
     let status = e.sys.stop_replica(victim).expect("the replica was running");
     let took = stopped.elapsed();
