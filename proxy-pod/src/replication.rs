@@ -129,7 +129,7 @@ impl Replication {
             {
                 let value = ReplayValue {
                     last_accepted: Some(last),
-                    nonce_issued: None,
+                    nonce_issued: proxy.issued_nonce(change.home_address, change.nai.as_deref()),
                 };
                 deltas.extend(store.apply_local_replay(
                     change.home_address,
@@ -165,7 +165,7 @@ impl Replication {
         };
         let value = ReplayValue {
             last_accepted: Some(last),
-            nonce_issued: None,
+            nonce_issued: proxy.issued_nonce(home_address, None),
         };
         let delta = lock(&self.store).apply_local_replay(home_address, None, spi, value, order_of(Some(style)), now);
         if let (Some(d), Some(r)) = (delta, &self.replicator) {
@@ -196,12 +196,14 @@ impl Replication {
                         nai: nai.as_deref(),
                         bindings,
                         last_accepted: None,
+                        nonce_issued: None,
                     }),
                     RemoteChange::Removed { home_address, nai } => proxy.apply_replicated(&ReplicatedNode {
                         home_address: *home_address,
                         nai: nai.as_deref(),
                         bindings: &[],
                         last_accepted: None,
+                        nonce_issued: None,
                     }),
                     RemoteChange::Replay {
                         home_address,
@@ -225,6 +227,7 @@ impl Replication {
                             nai: nai.as_deref(),
                             bindings: &bindings,
                             last_accepted: state.last_accepted,
+                            nonce_issued: state.nonce_issued,
                         })
                     }
                 };

@@ -319,6 +319,9 @@ pub struct ReplicatedNode<'a> {
     pub bindings: &'a [Binding],
     /// Identification of the node's last accepted registration.
     pub last_accepted: Option<u64>,
+    /// Nonce-style SAs: the nonce the HA issued last, which the node's next request must carry (RFC 5944
+    /// §5.7.2), so that request is accepted at whichever replica it reaches.
+    pub nonce_issued: Option<u32>,
 }
 
 // === state ===
@@ -424,20 +427,35 @@ impl Proxy {
         for b in node.bindings.iter().filter(|b| b.lifetime != 0) {
             self.bindings.upsert(home, node.nai, *b, true)?;
         }
-        if let Some(id) = node.last_accepted {
-            let sas = if home.is_unspecified() {
-                node.nai.map_or(&[][..], |n| self.keys.for_nai(n))
-            } else {
-                self.keys.for_peer(home)
-            };
-            if let Some(style) = sas.first().map(|sa| sa.replay) {
-                self.replay
-                    .entry(MnKey::of(home, node.nai.map(str::as_bytes)))
-                    .or_default()
-                    .accept(&style, id);
+        let sas = if home.is_unspecified() {
+            node.nai.map_or(&[][..], |n| self.keys.for_nai(n))
+        } else {
+            self.keys.for_peer(home)
+        };
+        if let Some(style) = sas.first().map(|sa| sa.replay)
+            && (node.last_accepted.is_some() || node.nonce_issued.is_some())
+        {
+            let state = self
+                .replay
+                .entry(MnKey::of(home, node.nai.map(str::as_bytes)))
+                .or_default();
+            if let Some(id) = node.last_accepted {
+                state.accept(&style, id);
+            }
+            // After `accept`, which consumes the nonce the accepted request carried.
+            if let (ReplayStyle::Nonce, Some(n)) = (style, node.nonce_issued) {
+                state.record_issued_nonce(n);
             }
         }
         Ok(())
+    }
+
+    /// Nonce-style SAs: the nonce the node's next request must carry (what [`ReplicatedNode::nonce_issued`]
+    /// carries to the peers).
+    pub fn issued_nonce(&self, home_address: Ipv4Addr, nai: Option<&str>) -> Option<u32> {
+        self.replay
+            .get(&MnKey::of(home_address, nai.map(str::as_bytes)))
+            .and_then(ReplayState::issued_nonce)
     }
 
     /// The Identification of the node's last accepted registration (what [`ReplicatedNode::last_accepted`]

@@ -1011,6 +1011,37 @@ fn case_65_nonce_retransmission_does_not_extend_lifetime() {
     let r = Reply::parse(&only_send(&out).payload, &Dialect::default()).unwrap();
     assert_eq!(r.repr.code, ReplyCode::IdentificationMismatch);
     assert_eq!(r.repr.identification >> 32, 0xaaaa_0001);
+
+    // Scale-out: replica B installs A's state for the node, issued nonce included. The node's next request,
+    // carrying the HA's nonce, is relayed at B; the old request replayed at B is refused with that nonce.
+    assert_eq!(p.issued_nonce(HOA, None), Some(0xaaaa_0001));
+    let keys = {
+        let text =
+            format!("security_associations:\n  - {{home_address: {HOA}, spi: {SPI}, key: {KEY}, replay: nonce}}\n");
+        from_yaml::<KeysFile>(&text).unwrap().to_keystore().unwrap()
+    };
+    let bindings: Vec<Binding> = p.bindings().get_by_home(HOA).unwrap().bindings().to_vec();
+    let mut b = Proxy::new(config(), keys, 2);
+    b.apply_replicated(&ReplicatedNode {
+        home_address: HOA,
+        nai: None,
+        bindings: &bindings,
+        last_accepted: p.last_accepted(HOA, None),
+        nonce_issued: p.issued_nonce(HOA, None),
+    })
+    .unwrap();
+    assert_eq!(b.issued_nonce(HOA, None), Some(0xaaaa_0001));
+    let out = run(&mut b, at(102), ProxyInput::FromMobile(from_mn(&stale, mn_src())));
+    let r = Reply::parse(&only_send(&out).payload, &Dialect::default()).unwrap();
+    assert_eq!(r.repr.code, ReplyCode::IdentificationMismatch);
+    assert_eq!(
+        r.repr.identification >> 32,
+        0xaaaa_0001,
+        "B asks for the nonce A's HA issued"
+    );
+    let next = sign(req(0x22, 600, PUBLIC_COA, 0xaaaa_0001_0000_0003));
+    let out = run(&mut b, at(103), ProxyInput::FromMobile(from_mn(&next, mn_src())));
+    assert_eq!(only_send(&out).dst, SocketAddrV4::new(HA, 434), "relayed at B: {out:?}");
 }
 
 #[test]
@@ -1407,6 +1438,7 @@ fn replicated_state_serves_data_and_refuses_a_replay_at_another_replica() {
         nai: None,
         bindings: &bindings,
         last_accepted: last,
+        nonce_issued: None,
     })
     .unwrap();
     assert_eq!(binding_of(&b, bindings[0].care_of_address), bindings[0]);
@@ -1421,6 +1453,7 @@ fn replicated_state_serves_data_and_refuses_a_replay_at_another_replica() {
         nai: None,
         bindings: &bindings,
         last_accepted: last,
+        nonce_issued: None,
     })
     .unwrap();
     assert_eq!(b.bindings().len(), 1);
@@ -1429,6 +1462,7 @@ fn replicated_state_serves_data_and_refuses_a_replay_at_another_replica() {
         nai: None,
         bindings: &[],
         last_accepted: last,
+        nonce_issued: None,
     })
     .unwrap();
     assert!(b.bindings().is_empty());
@@ -1438,6 +1472,7 @@ fn replicated_state_serves_data_and_refuses_a_replay_at_another_replica() {
         nai: None,
         bindings: &[],
         last_accepted: Some(ID - (1 << 32)),
+        nonce_issued: None,
     })
     .unwrap();
     assert_eq!(b.last_accepted(HOA, None), Some(ID));
@@ -1447,7 +1482,8 @@ fn replicated_state_serves_data_and_refuses_a_replay_at_another_replica() {
             home_address: Ipv4Addr::UNSPECIFIED,
             nai: None,
             bindings: &[],
-            last_accepted: None
+            last_accepted: None,
+            nonce_issued: None,
         }),
         Err(BindingError::NoKey)
     );
