@@ -189,8 +189,8 @@ enum BenchCmd {
         /// Registrations per second: synthetic nodes of the storm.
         #[arg(long, default_value_t = 2_000)]
         storm_nodes: u32,
-        /// Registrations per second: registrations per node.
-        #[arg(long, default_value_t = 3)]
+        /// Registrations per second: re-registrations per node after its first registration.
+        #[arg(long, default_value_t = 20)]
         storm_rounds: u32,
         /// Registrations per second: replica counts, comma-separated (each in a fresh lab).
         #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 3])]

@@ -12,12 +12,12 @@
 //! * **burst**: `burst` deltas published as fast as possible, until all are applied at the receiver.
 //!
 //! Through the real daemons (needs root and the lab: [`Mode::Replicas`], 1, 2 and 3 `mip-proxy` replicas behind
-//! the ECMP router, `mip-ha`, replication over gRPC with mTLS): **registrations per second**, a
-//! [`storm`](crate::storm) of `storm_nodes` synthetic nodes × `storm_rounds` from ns `inet`, with how many
-//! bindings each replica holds afterwards (every replica must hold every node) and the replication lag the
-//! replicas report.
+//! the ECMP router, one `mip-ha`, replication over gRPC with mTLS): **registrations per second**, two
+//! [`storm`](mod@crate::storm)s of `storm_nodes` synthetic nodes from ns `inet`: every node's first registration,
+//! then `storm_rounds` re-registrations of each; with how many bindings each replica holds after the first
+//! (every replica must hold every node) and the replication lag the replicas report after the second.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
@@ -52,8 +52,12 @@ pub struct ReplicationBenchOptions {
     pub burst: u32,
     /// Registrations per second: synthetic nodes.
     pub storm_nodes: u32,
-    /// Registrations per second: registrations per node.
+    /// Registrations per second: re-registrations per node after the first registration.
     pub storm_rounds: u32,
+    /// Registrations per second: UDP source ports of the storm (spread over the replicas by ECMP).
+    pub storm_senders: usize,
+    /// Registrations per second: requests outstanding per source port.
+    pub storm_window: usize,
     /// Registrations per second: the replica counts to measure (each in a fresh lab); empty = skip the lab.
     pub replicas: Vec<usize>,
     /// The `e2e` binary for the lab's helpers (`None`: the running binary if it is `e2e`; see [`LabOptions`]).
@@ -70,7 +74,9 @@ impl Default for ReplicationBenchOptions {
             seconds: 5,
             burst: 200_000,
             storm_nodes: 2_000,
-            storm_rounds: 3,
+            storm_rounds: 20,
+            storm_senders: 12,
+            storm_window: 8,
             replicas: vec![1, 2, 3],
             e2e_bin: None,
             stop: Arc::new(AtomicBool::new(false)),
@@ -159,30 +165,44 @@ pub struct BurstResult {
 }
 
 /// Registrations per second through `replicas` real `mip-proxy` replicas.
+///
+/// Two storms: every node's first registration (a new binding at the proxies and at the HA, which installs a
+/// host route and a proxy ARP entry per new binding), then `storm_rounds` re-registrations of every node (the
+/// steady state: a node re-registers before each lifetime ends). The headline figures are the re-registrations'.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RegistrationsResult {
     /// Replicas running (behind the ECMP router).
     pub replicas: usize,
-    /// Accepted registrations per second (the storm's).
+    /// Accepted re-registrations per second.
     pub per_second: f64,
-    /// Registrations accepted.
+    /// Re-registrations accepted.
     pub accepted: u64,
-    /// Registrations sent.
+    /// Re-registrations sent.
     pub sent: u64,
-    /// Median registration time (request → reply at the node), ms.
+    /// Median re-registration time (request → reply at the node), ms.
     pub latency_ms_p50: f64,
     /// 99th percentile, ms.
     pub latency_ms_p99: f64,
     /// Synthetic nodes.
     pub storm_nodes: u32,
-    /// The whole storm report (denials by code, timeouts, retransmissions, bad replies).
-    pub storm: StormReport,
-    /// `mip_bindings` of each replica once converged (or at the deadline).
+    /// UDP source ports the nodes are spread over (ECMP hashes them over the replicas).
+    pub senders: usize,
+    /// Requests outstanding per sender.
+    pub window: usize,
+    /// The first registrations (new bindings).
+    pub first_registrations: StormReport,
+    /// The re-registrations (`storm_rounds` per node).
+    pub refreshes: StormReport,
+    /// `mip_bindings` of each replica after the first registrations, once converged (or at the deadline).
     pub bindings_per_replica: Vec<f64>,
-    /// After the storm, until every replica held a binding for every node, seconds (`None`: not within 30 s).
+    /// After the first registrations, until every replica held a binding for every node, seconds (`None`: not
+    /// within 30 s).
     pub converged_after_s: Option<f64>,
-    /// `mip_replication_lag_seconds{quantile="0.99"}` of each replica after the storm, ms.
+    /// `mip_replication_lag_seconds{quantile="0.99"}` of each replica after the re-registrations, ms.
     pub replica_lag_p99_ms: Vec<f64>,
+    /// Registrations the HA handled during the re-registrations (`mip_registrations_total`): every one is
+    /// relayed, so this equals `sent` plus retransmissions.
+    pub ha_registrations: f64,
 }
 
 /// Where the figures come from.
@@ -255,18 +275,25 @@ impl ReplicationReport {
             ),
         ];
         for r in &self.registrations_per_second {
+            let f = &r.first_registrations;
             out.push(format!(
-                "registrations with {} replica(s): {:.0}/s ({} of {} accepted), latency p50 {:.2} ms p99 {:.2} ms; \
-                 bindings per replica {:?}, converged after {}",
+                "registrations with {} replica(s): re-registrations {:.0}/s ({} of {} accepted), latency p50 {:.2} ms \
+                 p99 {:.2} ms; first registrations {:.0}/s ({} of {} accepted, p50 {:.2} ms); bindings per replica \
+                 {:?}, converged after {}; {} at the HA",
                 r.replicas,
                 r.per_second,
                 r.accepted,
                 r.sent,
                 r.latency_ms_p50,
                 r.latency_ms_p99,
+                f.per_second,
+                f.accepted,
+                f.sent,
+                f.latency_ms_p50,
                 r.bindings_per_replica,
                 r.converged_after_s
-                    .map_or_else(|| "(not within 30 s)".to_owned(), |s| format!("{s:.2} s"))
+                    .map_or_else(|| "(not within 30 s)".to_owned(), |s| format!("{s:.2} s")),
+                r.ha_registrations
             ));
         }
         out.join("\n")
@@ -286,11 +313,12 @@ pub fn bench_replication(opts: &ReplicationBenchOptions, log: &mut dyn FnMut(&st
     for &k in &opts.replicas {
         opts.check_stop()?;
         log(&format!(
-            "registrations: {k} replica(s), {} nodes × {} rounds",
+            "registrations: {k} replica(s), {} nodes: first registrations, then {} re-registrations each",
             opts.storm_nodes, opts.storm_rounds
         ));
         let r = registrations_per_second(opts, k)?;
-        log(&format!("  {}", r.storm.summary()));
+        log(&format!("  first registrations: {}", r.first_registrations.summary()));
+        log(&format!("  re-registrations: {}", r.refreshes.summary()));
         registrations.push(r);
     }
     Ok(ReplicationReport {
@@ -308,9 +336,11 @@ pub fn bench_replication(opts: &ReplicationBenchOptions, log: &mut dyn FnMut(&st
             through_daemons: if opts.replicas.is_empty() {
                 "registrations per second: skipped".into()
             } else {
-                "registrations per second: the namespace lab (Mode::Replicas): 1-3 mip-proxy replicas behind the \
-                 ECMP router (L4 hash), mip-ha, replication over gRPC with mTLS; a registration storm of synthetic \
-                 nodes from ns inet (crate::storm); every process shares the same cores"
+                "registrations per second: the namespace lab (Mode::Replicas; the daemons next to the e2e binary): 1-3 \
+                 mip-proxy replicas behind the ECMP router (L4 hash), the reference mip-ha (one per lab, it installs \
+                 a host route and a proxy ARP entry per new binding, which bounds first registrations), replication \
+                 over gRPC with mTLS; registration storms of synthetic nodes from ns inet (crate::storm); the storm, \
+                 the replicas and the HA share the same cores, so more replicas add work, not CPU"
                     .into()
             },
         },
@@ -556,8 +586,10 @@ pub fn in_process(opts: &ReplicationBenchOptions, log: &mut dyn FnMut(&str)) -> 
 }
 
 /// Registrations per second through `replicas` real `mip-proxy` replicas: a fresh [`Mode::Replicas`] lab, the
-/// system with `storm_nodes` synthetic nodes (no foreign agents), a storm from ns `inet`, then each replica's
-/// bindings (until every replica holds every node) and replication lag from its `/metrics`.
+/// system with `storm_nodes` synthetic nodes (no foreign agents), a storm of first registrations from ns
+/// `inet`, then each replica's
+/// bindings (until every replica holds every node), a second storm of re-registrations, and each replica's
+/// replication lag from its `/metrics` (see [`RegistrationsResult`]).
 pub fn registrations_per_second(opts: &ReplicationBenchOptions, replicas: usize) -> Result<RegistrationsResult> {
     let mut lab = Lab::up(LabOptions {
         mode: Mode::Replicas,
@@ -574,21 +606,21 @@ pub fn registrations_per_second(opts: &ReplicationBenchOptions, replicas: usize)
         },
     )?;
     opts.check_stop()?;
-    let storm_opts = StormOptions {
+    let first = StormOptions {
         nodes: opts.storm_nodes,
-        rounds: opts.storm_rounds.max(1),
-        // Many source ports, so the ECMP router's L4 hash spreads the nodes over every replica.
-        senders: 12,
+        rounds: 1,
+        senders: opts.storm_senders,
         src: plan::INET_DMZ,
-        dst: std::net::SocketAddrV4::new(plan::PROXY_PUBLIC, storm::MIP_PORT),
+        dst: SocketAddrV4::new(plan::PROXY_PUBLIC, storm::MIP_PORT),
         lifetime: 600,
         rate: None,
-        window: 16,
-        timeout: Duration::from_secs(2),
+        window: opts.storm_window,
+        timeout: Duration::from_secs(3),
         retransmits: 1,
         deregister: false,
     };
-    let report = storm::run_storm(&lab.ns("inet"), &storm_opts)?;
+    let inet = lab.ns("inet");
+    let first_registrations = storm::run_storm(&inet, &first)?;
     let done = StdInstant::now();
     let namespaces: Vec<String> = (0..sys.replica_count()).map(|i| lab.ns(sys.replica_ns(i))).collect();
     let read = |ns: &String| system::admin_get(ns, "/metrics");
@@ -606,6 +638,19 @@ pub fn registrations_per_second(opts: &ReplicationBenchOptions, replicas: usize)
         opts.check_stop()?;
         std::thread::sleep(Duration::from_millis(100));
     }
+    opts.check_stop()?;
+    let ha = lab.ns("ha");
+    let ha_registrations =
+        || system::admin_get(&ha, "/metrics").map(|t| system::metric_sum(&t, "mip_registrations_total", &[]));
+    let ha_before = ha_registrations()?;
+    let refreshes = storm::run_storm(
+        &inet,
+        &StormOptions {
+            rounds: opts.storm_rounds.max(1),
+            ..first
+        },
+    )?;
+    let ha_registrations = ha_registrations()? - ha_before;
     let replica_lag_p99_ms = namespaces
         .iter()
         .map(|ns| read(ns).map(|t| system::metric(&t, "mip_replication_lag_seconds{quantile=\"0.99\"}") * 1000.0))
@@ -614,16 +659,20 @@ pub fn registrations_per_second(opts: &ReplicationBenchOptions, replicas: usize)
     lab.down()?;
     Ok(RegistrationsResult {
         replicas,
-        per_second: report.per_second,
-        accepted: report.accepted,
-        sent: report.sent,
-        latency_ms_p50: report.latency_ms_p50,
-        latency_ms_p99: report.latency_ms_p99,
+        per_second: refreshes.per_second,
+        accepted: refreshes.accepted,
+        sent: refreshes.sent,
+        latency_ms_p50: refreshes.latency_ms_p50,
+        latency_ms_p99: refreshes.latency_ms_p99,
         storm_nodes: opts.storm_nodes,
-        storm: report,
+        senders: first.senders,
+        window: first.window,
+        first_registrations,
+        refreshes,
         bindings_per_replica,
         converged_after_s,
         replica_lag_p99_ms,
+        ha_registrations,
     })
 }
 
