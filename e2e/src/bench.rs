@@ -637,10 +637,7 @@ pub fn run_case(
 pub fn bench_handoff(opts: &BenchOptions) -> Result<BenchReport> {
     crate::require_lab_tools()?;
     let mut lab = Lab::up(opts.lab.clone())?;
-    let echo_log = lab.run_dir().join("echo.log");
-    let port = plan::ECHO_PORT.to_string();
-    let mut echo = lab.spawn_e2e("cn", &["echo", "--port", &port], &echo_log)?;
-    echo.wait_for_log("echo: ready", Duration::from_secs(5))?;
+    let echo = lab.spawn_echo()?;
 
     let mut report = BenchReport::default();
     let mut paths: Vec<Box<dyn HandoffPath>> = Vec::new();

@@ -27,7 +27,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::bench::{self, SaSnapshot};
-use crate::error::{Error, Result};
+use crate::error::{Result, interrupted};
 use crate::mip_path;
 use crate::plan::{self, Access};
 use crate::probe::{self, ProbeConfig, Prober, WindowReport};
@@ -185,14 +185,6 @@ impl DemoReport {
     }
 }
 
-fn interrupted(stop: &AtomicBool) -> Result<()> {
-    if stop.load(Ordering::SeqCst) {
-        Err(Error::Interrupted)
-    } else {
-        Ok(())
-    }
-}
-
 /// Sleeps until `until`, in small steps so Ctrl-C is honoured.
 fn sleep_until(until: Instant, stop: &AtomicBool) -> Result<()> {
     loop {
@@ -232,10 +224,7 @@ pub fn run_demo(opts: &DemoOptions, out: &mut dyn FnMut(&str)) -> Result<DemoRep
         opts.start
     ));
     interrupted(&opts.stop)?;
-    let echo_log = lab.run_dir().join("echo.log");
-    let port = plan::ECHO_PORT.to_string();
-    let mut echo = lab.spawn_e2e("cn", &["echo", "--port", &port], &echo_log)?;
-    echo.wait_for_log("echo: ready", Duration::from_secs(5))?;
+    let echo = lab.spawn_echo()?;
 
     let t1 = Instant::now();
     let sys = System::start(&mut lab, SystemOptions::default())?;

@@ -100,3 +100,12 @@ impl<T> IoContext<T> for io::Result<T> {
         self.map_err(|e| Error::io(context(), e))
     }
 }
+
+/// [`Error::Interrupted`] once `stop` is set (Ctrl-C / SIGTERM handlers set it); long runs call this between steps.
+pub fn interrupted(stop: &std::sync::atomic::AtomicBool) -> Result<()> {
+    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        Err(Error::Interrupted)
+    } else {
+        Ok(())
+    }
+}

@@ -153,9 +153,7 @@ pub fn bench_failover(opts: &FailoverOptions, progress: &mut dyn FnMut(&str)) ->
         mode: Mode::Replicas,
         ..opts.lab.clone()
     })?;
-    let port = plan::ECHO_PORT.to_string();
-    let mut echo = lab.spawn_e2e("cn", &["echo", "--port", &port], &lab.run_dir().join("echo.log"))?;
-    echo.wait_for_log("echo: ready", Duration::from_secs(5))?;
+    let echo = lab.spawn_echo()?;
     let mut sys = System::start(
         &mut lab,
         SystemOptions {

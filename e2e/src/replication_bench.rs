@@ -18,7 +18,7 @@
 //! (every replica must hold every node) and the replication lag the replicas report after the second.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
@@ -84,15 +84,7 @@ impl Default for ReplicationBenchOptions {
     }
 }
 
-impl ReplicationBenchOptions {
-    fn check_stop(&self) -> Result<()> {
-        if self.stop.load(Ordering::SeqCst) {
-            Err(Error::Interrupted)
-        } else {
-            Ok(())
-        }
-    }
-}
+impl ReplicationBenchOptions {}
 
 /// Snapshot to a fresh replica.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -311,7 +303,7 @@ pub fn bench_replication(opts: &ReplicationBenchOptions, log: &mut dyn FnMut(&st
     } = in_process(opts, log)?;
     let mut registrations = Vec::new();
     for &k in &opts.replicas {
-        opts.check_stop()?;
+        crate::error::interrupted(&opts.stop)?;
         log(&format!(
             "registrations: {k} replica(s), {} nodes: first registrations, then {} re-registrations each",
             opts.storm_nodes, opts.storm_rounds
@@ -460,7 +452,7 @@ pub fn in_process(opts: &ReplicationBenchOptions, log: &mut dyn FnMut(&str)) -> 
     let sender_bytes = store.approx_heap_bytes() / store.len().max(1);
     let a_store: SharedStore = Arc::new(Mutex::new(store));
     let a = start(1, vec![], a_store.clone(), clock)?;
-    opts.check_stop()?;
+    crate::error::interrupted(&opts.stop)?;
 
     // Snapshot to a fresh replica.
     log("snapshot to a fresh replica");
@@ -489,7 +481,7 @@ pub fn in_process(opts: &ReplicationBenchOptions, log: &mut dyn FnMut(&str)) -> 
         met: snap <= SNAPSHOT_TARGET_S,
     };
     log(&format!("  {snap:.2} s"));
-    opts.check_stop()?;
+    crate::error::interrupted(&opts.stop)?;
 
     // Lag at a steady rate: refreshes of existing nodes.
     log(&format!("lag: {}/s for {} s", opts.rate, opts.seconds));
@@ -505,7 +497,7 @@ pub fn in_process(opts: &ReplicationBenchOptions, log: &mut dyn FnMut(&str)) -> 
         let i = u32::try_from(k % u64::from(n)).unwrap_or(0);
         publish(&a, &a_store, clock, i, 2 + k / u64::from(n))?;
         if k % 1024 == 0 {
-            opts.check_stop()?;
+            crate::error::interrupted(&opts.stop)?;
         }
     }
     let published_in = begin.elapsed().as_secs_f64();
@@ -522,7 +514,7 @@ pub fn in_process(opts: &ReplicationBenchOptions, log: &mut dyn FnMut(&str)) -> 
         all_applied,
     };
     log(&format!("  p50 {} ms, p99 {} ms", lag.p50_ms, lag.p99_ms));
-    opts.check_stop()?;
+    crate::error::interrupted(&opts.stop)?;
 
     // Burst.
     let deltas = opts.burst.min(n);
@@ -549,7 +541,7 @@ pub fn in_process(opts: &ReplicationBenchOptions, log: &mut dyn FnMut(&str)) -> 
     drop(a);
     drop(a_store);
     drop(b_store);
-    opts.check_stop()?;
+    crate::error::interrupted(&opts.stop)?;
 
     // The proxy's binding cache with as many bindings.
     log(&format!("binding cache with {n} bindings"));
@@ -605,7 +597,7 @@ pub fn registrations_per_second(opts: &ReplicationBenchOptions, replicas: usize)
             ..SystemOptions::default()
         },
     )?;
-    opts.check_stop()?;
+    crate::error::interrupted(&opts.stop)?;
     let first = StormOptions {
         nodes: opts.storm_nodes,
         rounds: 1,
@@ -635,10 +627,10 @@ pub fn registrations_per_second(opts: &ReplicationBenchOptions, replicas: usize)
             converged_after_s = Some(done.elapsed().as_secs_f64());
             break;
         }
-        opts.check_stop()?;
+        crate::error::interrupted(&opts.stop)?;
         std::thread::sleep(Duration::from_millis(100));
     }
-    opts.check_stop()?;
+    crate::error::interrupted(&opts.stop)?;
     let ha = lab.ns("ha");
     let ha_registrations =
         || system::admin_get(&ha, "/metrics").map(|t| system::metric_sum(&t, "mip_registrations_total", &[]));

@@ -703,25 +703,11 @@ fn replica_certificates(dir: &Path, replicas: usize) -> Result<PathBuf> {
     fs::create_dir_all(&tls).ctx(|| format!("creating {}", tls.display()))?;
     let path = |name: &str| tls.join(name).display().to_string();
     let (ca_key, ca_crt) = (path("ca.key"), path("ca.crt"));
-    crate::cmd::run(
-        None,
+    openssl_ec_cert(
+        &ca_key,
+        &ca_crt,
+        "/CN=mip lab replication CA",
         &[
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &ca_key,
-            "-out",
-            &ca_crt,
-            "-days",
-            "2",
-            "-subj",
-            "/CN=mip lab replication CA",
             "-addext",
             "basicConstraints=critical,CA:TRUE",
             "-addext",
@@ -731,26 +717,11 @@ fn replica_certificates(dir: &Path, replicas: usize) -> Result<PathBuf> {
     for (ns, addr) in plan::REPLICA_NS.iter().zip(plan::REPLICA_LAN).take(replicas) {
         let (key, crt) = (path(&format!("{ns}.key")), path(&format!("{ns}.crt")));
         let san = format!("subjectAltName=IP:{addr}");
-        let subj = format!("/CN=mip-proxy {ns}");
-        crate::cmd::run(
-            None,
+        openssl_ec_cert(
+            &key,
+            &crt,
+            &format!("/CN=mip-proxy {ns}"),
             &[
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &crt,
-                "-days",
-                "2",
-                "-subj",
-                &subj,
                 "-CA",
                 &ca_crt,
                 "-CAkey",
@@ -766,4 +737,29 @@ fn replica_certificates(dir: &Path, replicas: usize) -> Result<PathBuf> {
         fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).ctx(|| format!("chmod {key}"))?;
     }
     Ok(tls)
+}
+
+/// `openssl req -x509` with a new EC P-256 key (`key`, unencrypted) and a 2-day certificate (`crt`) for `subj`,
+/// plus `extra` arguments (signing CA, extensions).
+fn openssl_ec_cert(key: &str, crt: &str, subj: &str, extra: &[&str]) -> Result<()> {
+    let mut argv = vec![
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        crt,
+        "-days",
+        "2",
+        "-subj",
+        subj,
+    ];
+    argv.extend_from_slice(extra);
+    crate::cmd::run(None, &argv).map(drop)
 }

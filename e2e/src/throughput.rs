@@ -124,14 +124,6 @@ impl ThroughputOptions {
     fn window(&self) -> Duration {
         Duration::from_secs_f64(self.seconds.clamp(0.05, 3600.0))
     }
-
-    fn check_stop(&self) -> Result<()> {
-        if self.stop.load(Ordering::SeqCst) {
-            Err(Error::Interrupted)
-        } else {
-            Ok(())
-        }
-    }
 }
 
 /// The TCP result: medians over the runs.
@@ -1026,7 +1018,7 @@ pub fn bench_throughput(opts: &ThroughputOptions, progress: &mut dyn FnMut(&str)
     let want_tcp = opts.only != Only::Forwarding;
     let want_fwd = opts.only != Only::Tcp;
     let tcp_beds = if want_tcp { Some(TcpBeds::up()?) } else { None };
-    opts.check_stop()?;
+    crate::error::interrupted(&opts.stop)?;
     let bed = if want_fwd { Some(FwdBed::up()?) } else { None };
 
     let (mut alone, mut prox) = (Vec::new(), Vec::new());
@@ -1041,7 +1033,7 @@ pub fn bench_throughput(opts: &ThroughputOptions, progress: &mut dyn FnMut(&str)
         let flip = run % 2 == 1;
         if let Some(b) = &tcp_beds {
             for which in if flip { [true, false] } else { [false, true] } {
-                opts.check_stop()?;
+                crate::error::interrupted(&opts.stop)?;
                 let (name, s) = if which {
                     ("proxy+VPN", b.proxy_vpn(window)?)
                 } else {
@@ -1065,7 +1057,7 @@ pub fn bench_throughput(opts: &ThroughputOptions, progress: &mut dyn FnMut(&str)
                 }
                 let Some(reg) = registered else { continue };
                 for proxy_case in if flip { [false, true] } else { [true, false] } {
-                    opts.check_stop()?;
+                    crate::error::interrupted(&opts.stop)?;
                     let s = if proxy_case {
                         bed.proxy_sample(reg, *size, opts.warmup, window)?
                     } else {

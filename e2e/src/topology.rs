@@ -746,6 +746,14 @@ impl Lab {
         find_e2e_bin()
     }
 
+    /// Starts the probe's echo server (`e2e echo`) on the CN at [`plan::ECHO_PORT`] and waits until it is ready.
+    pub fn spawn_echo(&self) -> Result<ProcessGuard> {
+        let port = plan::ECHO_PORT.to_string();
+        let mut echo = self.spawn_e2e("cn", &["echo", "--port", &port], &self.run_dir().join("echo.log"))?;
+        echo.wait_for_log("echo: ready", Duration::from_secs(5))?;
+        Ok(echo)
+    }
+
     /// Starts `e2e <args>` in namespace `ns`.
     pub fn spawn_e2e(&self, ns: &str, args: &[&str], log_path: &Path) -> Result<ProcessGuard> {
         let bin = self.e2e_bin()?;

@@ -326,10 +326,7 @@ fn capture_classifier_on_a_known_pcap() {
 fn strongswan_baseline_establishes_and_recovers_from_a_mobike_hand_off() {
     let _g = serial();
     let mut lab = lab();
-    let mut echo = lab
-        .spawn_e2e("cn", &["echo", "--port", "9000"], &lab.run_dir().join("echo.log"))
-        .unwrap();
-    echo.wait_for_log("echo: ready", Duration::from_secs(5)).unwrap();
+    let _echo = lab.spawn_echo().unwrap();
     let gw = Charon::start(&lab, "vpngw", "vpngw", &CharonSpec::rw_gateway(Duration::ZERO)).unwrap();
     let mn = Charon::start(&lab, "mn", "mn", &CharonSpec::rw_client(true, Duration::ZERO)).unwrap();
     mn.initiate(Duration::from_secs(10)).unwrap();

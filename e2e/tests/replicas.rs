@@ -50,11 +50,7 @@ fn env(storm_nodes: u32) -> Env {
         ..LabOptions::default()
     })
     .unwrap_or_else(|e| panic!("lab up: {e}"));
-    let port = plan::ECHO_PORT.to_string();
-    let mut echo = lab
-        .spawn_e2e("cn", &["echo", "--port", &port], &lab.run_dir().join("echo.log"))
-        .unwrap();
-    echo.wait_for_log("echo: ready", Duration::from_secs(5)).unwrap();
+    let echo = lab.spawn_echo().unwrap();
     let opts = SystemOptions {
         replicas: 3,
         storm_nodes,

@@ -49,11 +49,7 @@ fn env_with(mode: Mode, opts: SystemOptions) -> Env {
         ..LabOptions::default()
     })
     .unwrap_or_else(|e| panic!("lab up: {e}"));
-    let port = plan::ECHO_PORT.to_string();
-    let mut echo = lab
-        .spawn_e2e("cn", &["echo", "--port", &port], &lab.run_dir().join("echo.log"))
-        .unwrap();
-    echo.wait_for_log("echo: ready", Duration::from_secs(5)).unwrap();
+    let echo = lab.spawn_echo().unwrap();
     let sys = System::start(&mut lab, opts).unwrap_or_else(|e| panic!("system start: {e}"));
     Env { sys, _echo: echo, lab }
 }
