@@ -22,6 +22,7 @@ pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+mod rtnl;
 pub mod signals;
 #[allow(unsafe_code)]
 pub mod socket;

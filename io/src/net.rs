@@ -1,7 +1,11 @@
 //! Control-plane network configuration: thin wrappers over `ip` (iproute2) and `/proc/sys`, for rare operations
 //! (start-up, binding changes, hand-offs). They allocate and spawn processes freely; never call them per packet.
+//! Routes ([`route_replace_with`], [`route_del_with`]), which a home agent changes once per registration, are
+//! the exception: one rtnetlink request and its acknowledgement each, no process (microseconds instead of the
+//! ~2 ms of spawning `ip`).
 //!
-//! Every error is a [`NetError`] naming the command as it would be typed and what it printed on stderr, so a log
+//! Every error is a [`NetError`] naming the command as it would be typed and what it printed on stderr (for
+//! routes: the `ip route …` command with the same effect and the message `ip` would have printed), so a log
 //! line is enough to reproduce the failure by hand. `*_add`/`*_replace` calls are idempotent where iproute2 allows
 //! it (`replace`); `*_del` of something absent fails with [`NetError::is_missing`] true, which callers tearing
 //! state down usually ignore.
@@ -308,9 +312,13 @@ pub fn route_replace(
     })
 }
 
-/// Adds or replaces a route with every option of [`Route`].
+/// Adds or replaces a route with every option of [`Route`] (what `ip route replace …` does, done with one
+/// RTM_NEWROUTE request with NLM_F_CREATE | NLM_F_REPLACE; waits up to 1 s for the kernel's acknowledgement).
+///
+/// Without a gateway the route has scope link, with one scope universe; its protocol is `boot`, as with `ip`.
+/// An unknown `dev` fails with `Cannot find device "…"` ([`NetError::is_missing`] true).
 pub fn route_replace_with(route: &Route) -> Result<(), NetError> {
-    ip_owned(&["route", "replace"], &route.args()).map(drop)
+    route_netlink(crate::rtnl::RouteOp::Replace, "replace", route)
 }
 
 /// Deletes the route to `dest` in `table` (main when `None`).
@@ -321,9 +329,16 @@ pub fn route_del(dest: Prefix, table: Option<u32>) -> Result<(), NetError> {
     })
 }
 
-/// Deletes the route matching every option set in `route`.
+/// Deletes the route matching every option set in `route` (what `ip route del …` does, done with one
+/// RTM_DELROUTE request): [`Route::to`]`(p)` deletes the route to exactly `p` in the main table, whatever its
+/// scope, protocol or device. Deleting a route that is not there fails with [`NetError::is_missing`] true.
 pub fn route_del_with(route: &Route) -> Result<(), NetError> {
-    ip_owned(&["route", "del"], &route.args()).map(drop)
+    route_netlink(crate::rtnl::RouteOp::Delete, "del", route)
+}
+
+fn route_netlink(op: crate::rtnl::RouteOp, verb: &str, route: &Route) -> Result<(), NetError> {
+    crate::rtnl::route(op, route)
+        .map_err(|e| NetError::new(format!("ip route {verb} {}", route.args().join(" ")), e.to_string()))
 }
 
 /// A policy-routing rule.
@@ -818,6 +833,217 @@ mod tests {
         assert_eq!(&f[20..22], &[0, 1]);
         assert_eq!(&f[28..32], &[10, 10, 1, 50]);
         assert_eq!(&f[38..42], &[10, 10, 1, 50]);
+    }
+
+    #[test]
+    fn route_errors_match_the_helpers() {
+        use crate::rtnl::RtnlError;
+        let e = |errno| NetError::new("ip route del 10.0.0.1/32", RtnlError::Refused(errno, None).to_string());
+        assert!(e(libc::EEXIST).is_exists());
+        assert!(!e(libc::EEXIST).is_missing());
+        for missing in [libc::ESRCH, libc::ENOENT, libc::ENODEV, libc::EADDRNOTAVAIL] {
+            assert!(e(missing).is_missing(), "{}", e(missing));
+            assert!(!e(missing).is_exists());
+        }
+        assert!(!e(libc::EPERM).is_missing() && !e(libc::EPERM).is_exists());
+        let dev = NetError::new(
+            "ip route replace 10.0.0.1/32 dev x0",
+            RtnlError::NoDevice("x0".into()).to_string(),
+        );
+        assert!(dev.is_missing());
+    }
+
+    /// Runs `body` on a thread of its own in a new network namespace with loopback and a device `d0` up (a
+    /// dummy; a veth `d0`/`d0p` where the kernel has no dummy driver). The namespace and its devices disappear
+    /// with the thread, also when the test fails. Needs root, like `io/tests/netns.rs`.
+    fn in_netns(body: impl FnOnce() + Send + 'static) {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the route tests need root (CAP_NET_ADMIN): run `cargo test -p mip-io` as root"
+        );
+        let t = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+            link_up("lo").expect("ip link set lo up (is iproute2 installed?)");
+            if run("ip", &["link", "add", "d0", "type", "dummy"]).is_err() {
+                run("ip", &["link", "add", "d0", "type", "veth", "peer", "name", "d0p"]).unwrap();
+                link_up("d0p").unwrap();
+            }
+            link_up("d0").unwrap();
+            body();
+        });
+        if let Err(e) = t.join() {
+            std::panic::resume_unwind(e);
+        }
+    }
+
+    /// The unicast routes to `dst` in `table` (`None`: main) as `ip -j route show table all` shows them (from
+    /// the calling thread's namespace: `ip` inherits it).
+    fn shown(dst: &str, table: Option<&str>) -> Vec<Value> {
+        ip_json(&["route", "show", "table", "all"])
+            .unwrap()
+            .into_iter()
+            .filter(|r| {
+                r.get("dst").and_then(Value::as_str) == Some(dst)
+                    && r.get("table").and_then(Value::as_str) == table
+                    && r.get("type").is_none()
+            })
+            .collect()
+    }
+
+    fn field<'a>(r: &'a Value, key: &str) -> Option<&'a str> {
+        r.get(key).and_then(Value::as_str)
+    }
+
+    #[test]
+    fn routes_over_rtnetlink() {
+        in_netns(|| {
+            addr_add("d0", Ipv4Addr::new(192, 0, 2, 10), 24).unwrap();
+            let p: Prefix = "10.10.1.50/32".parse().unwrap();
+            let host = Route {
+                dev: Some("d0".into()),
+                src: Some(Ipv4Addr::new(192, 0, 2, 10)),
+                metric: Some(7),
+                mtu: Some(1300),
+                ..Route::to(p)
+            };
+            route_replace_with(&host).unwrap();
+            let r = shown("10.10.1.50", None);
+            assert_eq!(r.len(), 1, "{r:?}");
+            let r = &r[0];
+            assert_eq!(field(r, "dev"), Some("d0"), "{r}");
+            assert_eq!(field(r, "prefsrc"), Some("192.0.2.10"), "{r}");
+            assert_eq!(field(r, "scope"), Some("link"), "{r}");
+            assert_eq!(field(r, "protocol"), None, "protocol boot is not shown: {r}");
+            assert_eq!(r.get("metric").and_then(Value::as_u64), Some(7), "{r}");
+            assert_eq!(r["metrics"][0]["mtu"].as_u64(), Some(1300), "{r}");
+
+            // Idempotent, then replaced in place by a route through a gateway (same destination and metric).
+            route_replace_with(&host).unwrap();
+            assert_eq!(shown("10.10.1.50", None).len(), 1);
+            let via = Route {
+                via: Some(Ipv4Addr::new(192, 0, 2, 1)),
+                ..host.clone()
+            };
+            route_replace_with(&via).unwrap();
+            let r = shown("10.10.1.50", None);
+            assert_eq!(r.len(), 1, "{r:?}");
+            assert_eq!(field(&r[0], "gateway"), Some("192.0.2.1"), "{:?}", r[0]);
+            assert_eq!(field(&r[0], "scope"), None, "scope universe is not shown: {:?}", r[0]);
+
+            // `Route::to(p)` deletes whatever route to exactly p the main table has; a second delete is missing.
+            route_del_with(&Route::to(p)).unwrap();
+            assert!(shown("10.10.1.50", None).is_empty());
+            let e = route_del_with(&Route::to(p)).unwrap_err();
+            assert!(e.is_missing(), "{e}");
+            assert!(!e.is_exists(), "{e}");
+            assert_eq!(e.command, "ip route del 10.10.1.50/32");
+            assert!(e.detail.starts_with("RTNETLINK answers: No such process"), "{e}");
+            // Deleting a route the kernel added (protocol kernel, scope link) works too, as with `ip`.
+            route_del(p_of("192.0.2.0/24"), None).unwrap();
+            assert!(shown("192.0.2.0/24", None).is_empty());
+            route_replace(
+                p_of("192.0.2.0/24"),
+                None,
+                Some("d0"),
+                Some(Ipv4Addr::new(192, 0, 2, 10)),
+                None,
+            )
+            .unwrap();
+            assert_eq!(field(&shown("192.0.2.0/24", None)[0], "prefsrc"), Some("192.0.2.10"));
+
+            // onlink: a gateway no prefix of the device covers.
+            let onlink = Route {
+                via: Some(Ipv4Addr::new(198, 51, 100, 1)),
+                dev: Some("d0".into()),
+                onlink: true,
+                ..Route::to(p_of("10.10.2.0/24"))
+            };
+            route_replace_with(&onlink).unwrap();
+            let r = shown("10.10.2.0/24", None);
+            assert_eq!(r.len(), 1, "{r:?}");
+            assert!(
+                r[0]["flags"].as_array().unwrap().iter().any(|f| f == "onlink"),
+                "{:?}",
+                r[0]
+            );
+            // Without onlink the kernel refuses it, and says why.
+            let e = route_replace_with(&Route {
+                onlink: false,
+                ..onlink.clone()
+            })
+            .unwrap_err();
+            assert!(e.detail.starts_with("RTNETLINK answers: "), "{e}");
+            assert!(!e.is_missing() && !e.is_exists(), "{e}");
+            println!("refused without onlink: {e}");
+            route_del_with(&onlink).unwrap();
+
+            // An unknown device is named.
+            let e = route_replace_with(&Route {
+                dev: Some("nosuch0".into()),
+                ..Route::to(p)
+            })
+            .unwrap_err();
+            assert_eq!(e.command, "ip route replace 10.10.1.50/32 dev nosuch0");
+            assert_eq!(e.detail, "Cannot find device \"nosuch0\"");
+            assert!(e.is_missing());
+
+            // Other tables: one that fits rtm_table, one that needs RTA_TABLE alone.
+            route_replace(p, None, Some("d0"), None, Some(100)).unwrap();
+            let r = shown("10.10.1.50", Some("100"));
+            assert_eq!(r.len(), 1, "{r:?}");
+            assert_eq!(field(&r[0], "dev"), Some("d0"));
+            assert!(shown("10.10.1.50", None).is_empty(), "not in main");
+            route_replace(p, None, Some("d0"), None, Some(1000)).unwrap();
+            assert_eq!(shown("10.10.1.50", Some("1000")).len(), 1);
+            route_del(p, Some(100)).unwrap();
+            assert!(shown("10.10.1.50", Some("100")).is_empty());
+            assert_eq!(
+                shown("10.10.1.50", Some("1000")).len(),
+                1,
+                "only table 100's route went"
+            );
+            assert!(route_del(p, Some(100)).unwrap_err().is_missing());
+            route_del(p, Some(1000)).unwrap();
+            assert!(route_del(p, Some(1000)).unwrap_err().is_missing());
+
+            // The default route.
+            route_replace(
+                "0.0.0.0/0".parse().unwrap(),
+                Some(Ipv4Addr::new(192, 0, 2, 1)),
+                None,
+                None,
+                None,
+            )
+            .unwrap();
+            assert_eq!(field(&shown("default", None)[0], "gateway"), Some("192.0.2.1"));
+            route_del("0.0.0.0/0".parse().unwrap(), None).unwrap();
+            assert!(shown("default", None).is_empty());
+        });
+    }
+
+    fn p_of(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
+
+    /// Not a check: the cost of a route change, printed (`cargo test -p mip-io --lib route_cost -- --nocapture`).
+    #[test]
+    fn route_cost() {
+        in_netns(|| {
+            let n = 1000u32;
+            let routes: Vec<Route> = (0..n)
+                .map(|i| Route {
+                    dev: Some("d0".into()),
+                    ..Route::to(Prefix::new(Ipv4Addr::from(0x0ac8_0000 + i), 32).unwrap())
+                })
+                .collect();
+            let t = std::time::Instant::now();
+            for r in &routes {
+                route_replace_with(r).unwrap();
+                route_del_with(r).unwrap();
+            }
+            let us = t.elapsed().as_secs_f64() * 1e6 / f64::from(2 * n);
+            println!("rtnetlink: {n} route replace+delete pairs, {us:.1} us per operation");
+        });
     }
 
     #[test]

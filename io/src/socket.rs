@@ -14,8 +14,8 @@
 //!
 //! # Unsafe
 //! This module and `tun.rs` are the only places with `unsafe`: `setsockopt`, `recvmmsg`/`sendmmsg`/`recvmsg`,
-//! `bind` on netlink and `sendto` on packet sockets, and zeroing plain C structs. Every block has a `// SAFETY:`
-//! comment; control messages are parsed and built in safe code over byte slices.
+//! `bind` on netlink and `sendto` on packet sockets, `if_nametoindex`, and zeroing plain C structs. Every block
+//! has a `// SAFETY:` comment; control messages are parsed and built in safe code over byte slices.
 
 use core::ffi::{c_int, c_uint, c_void};
 use core::mem::size_of;
@@ -23,6 +23,7 @@ use core::net::{Ipv4Addr, SocketAddrV4};
 use core::ptr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -37,6 +38,9 @@ const MAX_ERRQUEUE: usize = 256;
 /// `SOL_RAW` / `ICMP_FILTER` from `<linux/icmp.h>` (not in libc).
 const SOL_RAW: c_int = 255;
 const ICMP_FILTER: c_int = 1;
+/// `NETLINK_CAP_ACK` / `NETLINK_EXT_ACK` socket options from `<linux/netlink.h>`.
+const NETLINK_CAP_ACK: c_int = 10;
+const NETLINK_EXT_ACK: c_int = 11;
 /// `IP_MTU` getsockopt / `SO_EE_ORIGIN_LOCAL`.
 const SO_EE_ORIGIN_LOCAL: u8 = 1;
 
@@ -948,6 +952,36 @@ pub(crate) fn rtnetlink_socket(groups: u32) -> io::Result<Socket> {
         return Err(io::Error::last_os_error());
     }
     Ok(sock)
+}
+
+/// A blocking rtnetlink socket for request/acknowledgement exchanges (`net::route_replace_with` and friends):
+/// no multicast groups, reads time out after `timeout` (so a lost acknowledgement cannot block the caller
+/// forever), acknowledgements capped to the request's header (NETLINK_CAP_ACK) and carrying the kernel's
+/// extended error message where it has one (NETLINK_EXT_ACK; both best effort, older kernels lack them).
+///
+/// Like every socket it belongs to the network namespace of the calling thread at creation.
+pub(crate) fn rtnetlink_request_socket(timeout: Duration) -> io::Result<Socket> {
+    let sock = Socket::new(
+        Domain::from(libc::AF_NETLINK),
+        Type::RAW,
+        Some(Protocol::from(libc::NETLINK_ROUTE)),
+    )?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.set_write_timeout(Some(timeout))?;
+    // Optional niceties: without them the acknowledgement echoes the whole request and carries no text.
+    let _ = setsockopt_int(sock.as_fd(), libc::SOL_NETLINK, NETLINK_CAP_ACK, 1);
+    let _ = setsockopt_int(sock.as_fd(), libc::SOL_NETLINK, NETLINK_EXT_ACK, 1);
+    Ok(sock)
+}
+
+/// The index of network device `name` in the calling thread's network namespace (`if_nametoindex(3)`, which
+/// asks the kernel through a socket of that namespace), or `None` if there is no such device.
+pub(crate) fn if_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a live, NUL-terminated C string for the duration of the call; `if_nametoindex` only reads
+    // it (and copies at most IFNAMSIZ bytes of it into its own request).
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
 }
 
 /// Sends one complete Ethernet frame (header included) out of interface `ifindex` through an AF_PACKET socket.
