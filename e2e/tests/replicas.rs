@@ -409,9 +409,7 @@ fn replicas_refuse_a_replay_at_another_replica_and_a_registration_storm_converge
     let opts = StormOptions {
         nodes: NODES,
         senders: 24,
-        // The reference HA installs a host route per binding by running `ip` (~2 ms each; a few hundred
-        // registrations/s): a window the HA can answer within the timeout, so every node is accepted.
-        window: 4,
+        window: 8,
         timeout: Duration::from_secs(3),
         ..StormOptions::default()
     };
