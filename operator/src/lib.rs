@@ -1,0 +1,6 @@
+//! `mip-operator`: reconciles `MipProxy` and `HomeAgent` custom resources into running proxies
+//! (docs/operator.md).
+
+pub mod crd;
+pub mod leader;
+pub mod metrics;

@@ -1,0 +1,3 @@
+//! `mip-operator` (docs/operator.md).
+
+fn main() {}
