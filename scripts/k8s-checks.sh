@@ -104,6 +104,16 @@ echo "k8s-checks: $("$HELM" version --short), $("$PY" -c 'import kubernetes_vali
 # --- the CRDs are generated from operator/src/crd.rs --------------------------------------------------------
 check "crdgen --check $CHART/crds" cargo run --quiet --locked -p mip-operator --bin crdgen -- --check "$CHART/crds"
 
+# --- the chart's appVersion (the images' default tag) is the workspace version ------------------------------
+app_version() {
+  local cargo chart
+  cargo="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)"
+  chart="$(sed -n 's/^appVersion: "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$CHART/Chart.yaml")"
+  echo "Cargo.toml workspace version: $cargo, Chart.yaml appVersion: $chart"
+  [ -n "$cargo" ] && [ "$cargo" = "$chart" ]
+}
+check "Chart.yaml appVersion = workspace version" app_version
+
 # --- helm lint (strict: warnings are errors; values.schema.json) ---------------------------------------------
 check "helm lint --strict (default values)" helm lint --strict "$CHART"
 check "helm lint --strict (ServiceMonitor, tracing)" \
