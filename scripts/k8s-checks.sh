@@ -133,6 +133,31 @@ check "default values: operator args, env, probes, CRD policy" grep_in "$tmp/def
   '- --lease-name' '- mip-operator-leader' '- --metrics-addr' 'value: "info,kube=warn"' 'fieldPath: metadata.namespace' \
   'path: /healthz' 'path: /readyz' 'helm.sh/resource-policy: keep' 'readOnlyRootFilesystem: true' 'replicas: 2'
 
+# templates/crds.yaml re-serialises the generated CRDs (fromYaml | toYaml, adding labels and the keep policy):
+# apart from those, what it renders must equal the generated files (no value lost or rounded on the way).
+same_crds() {
+  "$PY" - "$tmp/default.yaml" "${CRDS[@]}" <<'EOF'
+import sys, yaml
+rendered = {d["metadata"]["name"]: d for d in yaml.safe_load_all(open(sys.argv[1]))
+            if d and d["kind"] == "CustomResourceDefinition"}
+bad = 0
+for path in sys.argv[2:]:
+    crd = yaml.safe_load(open(path))
+    got = rendered.pop(crd["metadata"]["name"], None)
+    if got is not None:
+        got["metadata"].pop("labels", None)
+        if got["metadata"].pop("annotations", None) != {"helm.sh/resource-policy": "keep"}:
+            got = None
+    ok = got == crd
+    bad += not ok
+    print(("same " if ok else "DIFFERENT ") + path)
+bad += len(rendered)
+print("rendered but not generated:", sorted(rendered)) if rendered else None
+sys.exit(1 if bad else 0)
+EOF
+}
+check "default values: rendered CRDs = the generated crds/*.yaml (+ labels, keep)" same_crds
+
 check "render: ServiceMonitor, tracing, images, scheduling" render monitoring \
   --set prometheus.serviceMonitor.enabled=true,tracing.endpoint=http://otel:4317 \
   --set prometheus.serviceMonitor.labels.release=kube-prometheus-stack \
