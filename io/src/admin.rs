@@ -1,5 +1,5 @@
-//! The admin HTTP server: `GET /healthz`, `/readyz`, `/metrics`, `/bindings` on its own thread (a current-thread
-//! tokio runtime running axum over hyper), so the daemons' event loops stay synchronous.
+//! The admin HTTP server: `GET /healthz`, `/readyz`, `/metrics`, `/bindings`, `/drain` on its own thread (a
+//! current-thread tokio runtime running axum over hyper), so the daemons' event loops stay synchronous.
 //!
 //! | route | answer |
 //! |---|---|
@@ -7,11 +7,19 @@
 //! | `GET /readyz` | 200 `ready` / 503 `not ready` from [`AdminState::ready`] |
 //! | `GET /metrics` | [`AdminState::metrics`] as `text/plain; version=0.0.4; charset=utf-8` |
 //! | `GET /bindings` | [`AdminState::bindings_json`] as `application/json` |
+//! | `GET /drain` | starts the drain ([`Drain`]), answers 200 `drained` when it is over; 503 when [`MAX_DRAIN_WAITERS`] already wait; 404 without [`AdminState::drain`] |
 //! | other paths | 404; other methods on these paths: 405 |
 //!
+//! `/drain` is Kubernetes' `preStop` hook (`httpGet`): the daemon turns not-ready at once and keeps serving for
+//! `daemon.drain_ms` as on a first SIGTERM, and the hook returns when that time is over, so the kubelet's
+//! SIGTERM that follows finds the drain done and the daemon shuts down at once ([`crate::daemon::run`]). Later
+//! calls wait for the same end (or answer at once after it). Anyone who reaches the admin address can drain the
+//! daemon: listen on an address only the kubelet and the monitoring reach.
+//!
 //! Limits: request bodies are never read; request heads above 16 KiB are refused (431); a head must arrive within
-//! 10 s (idle keep-alive connections close after 10 s); a connection lives at most 60 s; at most 64 connections are
-//! served at once; state calls run on at most 2 blocking threads so a slow [`AdminState`] cannot pile up threads.
+//! 10 s (idle keep-alive connections close after 10 s); a connection lives at most 60 s (longer only while its
+//! `/drain` answer waits for the drain's end); at most 64 connections are served at once; state calls run on at
+//! most 2 blocking threads so a slow [`AdminState`] cannot pile up threads; `/drain` waits without a thread.
 //!
 //! [`Requests`] lets an [`AdminState`] ask the daemon's single-threaded event loop for data it owns (the binding
 //! cache) through a bounded channel and a [`mio::Waker`], waiting at most 2 s, instead of sharing locks with the
@@ -19,18 +27,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::metrics::CONTENT_TYPE;
 
@@ -45,6 +54,11 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
 /// How long [`Requests::ask`] waits for the event loop by default.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a stopping server lets the requests in progress finish (answers to `/drain` among them).
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
+/// `/drain` requests waiting for the drain's end at once; more are answered 503 at once (the drain starts
+/// anyway).
+pub const MAX_DRAIN_WAITERS: usize = 4;
 
 /// What the admin server asks the daemon. Called on the admin thread's blocking pool, never on the event loop.
 pub trait AdminState: Send + Sync + 'static {
@@ -54,6 +68,11 @@ pub trait AdminState: Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// The bindings as a JSON document (`/bindings`).
     fn bindings_json(&self) -> String;
+    /// The daemon's drain control (`/drain`); default none: `/drain` is 404. Called on the async thread: return
+    /// at once, never block.
+    fn drain(&self) -> Option<&Drain> {
+        None
+    }
 }
 
 /// A running admin server; [`shutdown`](Self::shutdown) or drop stops it.
@@ -96,6 +115,23 @@ async fn bindings(State(state): State<SharedState>) -> Response {
     }
 }
 
+async fn drain(State(state): State<SharedState>, Extension(holding): Extension<Holding>) -> Response {
+    let Some(drain) = state.drain() else {
+        return not_found().await.into_response();
+    };
+    drain.request();
+    let Ok(_slot) = Arc::clone(&drain.inner.waiters).try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining; too many /drain requests waiting\n",
+        )
+            .into_response();
+    };
+    let _held = holding.hold();
+    drain.drained().await;
+    (StatusCode::OK, "drained\n").into_response()
+}
+
 async fn not_found() -> (StatusCode, &'static str) {
     (StatusCode::NOT_FOUND, "not found\n")
 }
@@ -106,8 +142,34 @@ fn router(state: SharedState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/bindings", get(bindings))
+        .route("/drain", get(drain))
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Per connection: how many of its requests are `/drain` answers waiting for the drain's end (the connection
+/// outlives [`MAX_CONNECTION_AGE`] for them).
+#[derive(Debug, Clone, Default)]
+struct Holding(Arc<AtomicUsize>);
+
+/// Marks a waiting `/drain` answer until dropped.
+struct Held(Arc<AtomicUsize>);
+
+impl Holding {
+    fn hold(&self) -> Held {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Held(Arc::clone(&self.0))
+    }
+
+    fn active(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn serve(listener: std::net::TcpListener, app: Router, mut stop: oneshot::Receiver<()>) {
@@ -119,16 +181,18 @@ async fn serve(listener: std::net::TcpListener, app: Router, mut stop: oneshot::
         }
     };
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let (closing, closing_rx) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let permit = tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => break,
             p = Arc::clone(&slots).acquire_owned() => match p {
                 Ok(p) => p,
-                Err(_) => return,
+                Err(_) => break,
             },
         };
         let stream = tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => break,
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
                 Err(e) => {
@@ -139,8 +203,10 @@ async fn serve(listener: std::net::TcpListener, app: Router, mut stop: oneshot::
                 }
             },
         };
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
+        let holding = Holding::default();
+        let service = TowerToHyperService::new(app.clone().layer(Extension(holding.clone())));
+        let mut closing = closing_rx.clone();
+        connections.spawn(async move {
             let _permit = permit;
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
@@ -154,12 +220,22 @@ async fn serve(listener: std::net::TcpListener, app: Router, mut stop: oneshot::
                 _ = conn.as_mut() => {}
                 () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
                     // A client trickling requests cannot keep a slot forever: finish the current request, close.
+                    // A `/drain` answer waits for the drain's end (bounded by the daemon's drain_ms limit).
                     conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(HEAD_TIMEOUT, conn).await;
+                    while tokio::time::timeout(HEAD_TIMEOUT, conn.as_mut()).await.is_err() && holding.active() {}
+                }
+                _ = closing.changed() => {
+                    // The server stops: finish the request in progress (a `/drain` answered just before), close.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(STOP_GRACE, conn).await;
                 }
             }
         });
+        while connections.try_join_next().is_some() {}
     }
+    drop(listener);
+    closing.send_replace(true);
+    let _ = tokio::time::timeout(STOP_GRACE, async { while connections.join_next().await.is_some() {} }).await;
 }
 
 impl AdminServer {
@@ -191,7 +267,8 @@ impl AdminServer {
         self.local
     }
 
-    /// Stops accepting, drops open connections and joins the thread.
+    /// Stops accepting, lets the requests in progress finish (at most [`STOP_GRACE`]), closes the connections
+    /// and joins the thread.
     pub fn shutdown(mut self) {
         self.stop_and_join();
     }
@@ -209,6 +286,88 @@ impl AdminServer {
 impl Drop for AdminServer {
     fn drop(&mut self) {
         self.stop_and_join();
+    }
+}
+
+// === drain ===
+
+/// Where a daemon's drain is ([`Drain::phase`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainPhase {
+    /// Not draining.
+    Serving,
+    /// Not ready, still serving until the drain time is over.
+    Draining,
+    /// The drain time is over (or the daemon is shutting down): `/drain` answers 200.
+    Drained,
+}
+
+/// The `/drain` hand-off between the admin server and the daemon's event loop: the admin side
+/// [`request`](Self::request)s a drain (a flag and the loop's [`mio::Waker`]), the loop
+/// [`take_request`](Self::take_request)s it and publishes the [`DrainPhase`] with
+/// [`set_phase`](Self::set_phase); `/drain` answers once the phase is [`DrainPhase::Drained`]. Cloned freely
+/// (one shared state).
+#[derive(Debug, Clone)]
+pub struct Drain {
+    inner: Arc<DrainInner>,
+}
+
+#[derive(Debug)]
+struct DrainInner {
+    requested: AtomicBool,
+    phase: watch::Sender<DrainPhase>,
+    waiters: Arc<Semaphore>,
+    waker: Arc<mio::Waker>,
+}
+
+impl Drain {
+    /// A drain control in [`DrainPhase::Serving`] that wakes the event loop through `waker`.
+    pub fn new(waker: Arc<mio::Waker>) -> Drain {
+        Drain {
+            inner: Arc::new(DrainInner {
+                requested: AtomicBool::new(false),
+                phase: watch::Sender::new(DrainPhase::Serving),
+                waiters: Arc::new(Semaphore::new(MAX_DRAIN_WAITERS)),
+                waker,
+            }),
+        }
+    }
+
+    /// Asks the event loop to drain (admin side; repeated requests are one) and wakes it.
+    pub fn request(&self) {
+        if self.phase() != DrainPhase::Serving {
+            return;
+        }
+        self.inner.requested.store(true, Ordering::Release);
+        if let Err(e) = self.inner.waker.wake() {
+            tracing::warn!(error = %e, "waking the event loop for /drain");
+        }
+    }
+
+    /// Whether a drain was requested since the last call (event-loop side).
+    pub fn take_request(&self) -> bool {
+        self.inner.requested.swap(false, Ordering::AcqRel)
+    }
+
+    /// Publishes the drain's phase (event-loop side); [`DrainPhase::Drained`] answers the waiting `/drain`s.
+    pub fn set_phase(&self, phase: DrainPhase) {
+        self.inner.phase.send_if_modified(|p| {
+            let changed = *p != phase;
+            *p = phase;
+            changed
+        });
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> DrainPhase {
+        *self.inner.phase.borrow()
+    }
+
+    /// Resolves once the phase is [`DrainPhase::Drained`].
+    async fn drained(&self) {
+        let mut rx = self.inner.phase.subscribe();
+        // The sender lives as long as `self`: an error cannot happen while we wait.
+        let _ = rx.wait_for(|p| *p == DrainPhase::Drained).await;
     }
 }
 
@@ -436,6 +595,73 @@ mod tests {
         assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
         server.shutdown();
         assert!(TcpStream::connect(a).is_err(), "stopped");
+    }
+
+    struct DrainState {
+        drain: Drain,
+    }
+
+    impl AdminState for DrainState {
+        fn ready(&self) -> bool {
+            self.drain.phase() == DrainPhase::Serving
+        }
+        fn metrics(&self) -> String {
+            String::new()
+        }
+        fn bindings_json(&self) -> String {
+            "[]".into()
+        }
+        fn drain(&self) -> Option<&Drain> {
+            Some(&self.drain)
+        }
+    }
+
+    /// `/drain` requests the drain and wakes the loop, waits for [`DrainPhase::Drained`] without a blocking
+    /// thread (the other routes keep answering), refuses waiters beyond [`MAX_DRAIN_WAITERS`] with 503, and
+    /// answers at once once drained; without a drain control it is 404.
+    #[test]
+    fn drain_waits_for_the_phase_and_is_bounded() {
+        let (server, _state) = start();
+        assert_eq!(get(server.local_addr(), "/drain").0, 404, "no drain control");
+        server.shutdown();
+
+        let mut poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(3)).unwrap());
+        let drain = Drain::new(waker);
+        let state = Arc::new(DrainState { drain: drain.clone() });
+        let server = AdminServer::spawn("127.0.0.1:0".parse().unwrap(), state).unwrap();
+        let a = server.local_addr();
+        assert!(!drain.take_request());
+        let waiters: Vec<_> = (0..MAX_DRAIN_WAITERS)
+            .map(|_| std::thread::spawn(move || get(a, "/drain")))
+            .collect();
+        let mut events = mio::Events::with_capacity(4);
+        poll.poll(&mut events, Some(Duration::from_secs(5))).unwrap();
+        assert!(events.iter().any(|e| e.token() == mio::Token(3)), "the loop is woken");
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while !drain.take_request() {
+            assert!(std::time::Instant::now() < end, "requested");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drain.set_phase(DrainPhase::Draining);
+        // Let every waiter take its slot; the next one is refused at once, the other routes still answer.
+        std::thread::sleep(Duration::from_millis(300));
+        let (status, _, body) = get(a, "/drain");
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "draining; too many /drain requests waiting\n")
+        );
+        assert_eq!(get(a, "/healthz").0, 200);
+        assert_eq!(get(a, "/readyz").0, 503);
+        assert!(waiters.iter().all(|w| !w.is_finished()), "waiting for the drain's end");
+        assert!(!drain.take_request(), "no new request while draining");
+        drain.set_phase(DrainPhase::Drained);
+        for w in waiters {
+            let (status, _, body) = w.join().unwrap();
+            assert_eq!((status, body.as_str()), (200, "drained\n"));
+        }
+        assert_eq!(get(a, "/drain").2, "drained\n", "at once after the end");
+        server.shutdown();
     }
 
     #[test]

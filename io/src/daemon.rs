@@ -6,6 +6,12 @@
 //! tokens to the service, answer admin requests, reload keys on SIGHUP or change (state kept), and stop on
 //! SIGTERM: `/readyz` turns false first, then the service's [`Service::shutdown`] runs, then the process exits.
 //!
+//! Drain (`daemon.drain_ms`): the first SIGTERM turns `/readyz` false at once and keeps serving that long, then
+//! shuts down; a SIGTERM during the drain cuts it short. `GET /drain` on the admin server (Kubernetes' `preStop`
+//! hook, [`crate::admin::Drain`]) starts the same drain as a first SIGTERM would, but the daemon does not exit
+//! when it ends: `/drain` answers 200 `drained`, `/readyz` stays false, and the SIGTERM that follows shuts it
+//! down at once.
+//!
 //! The signal handlers are installed before anything else, so a SIGTERM during start-up (while `build` installs
 //! kernel state) is held until `build` returns; the service is then shut down at once, without serving.
 
@@ -26,7 +32,7 @@ use mip::keystore::KeyStore;
 use mip::roles::Now;
 use mip::time::Instant;
 
-use crate::admin::{AdminServer, AdminState, RequestQueue, Requests};
+use crate::admin::{AdminServer, AdminState, Drain, DrainPhase, RequestQueue, Requests};
 use crate::batch::{RecvBatch, SendBatch};
 use crate::clock::Clock;
 use crate::keys::KeysWatcher;
@@ -82,6 +88,7 @@ struct Admin {
     ready: Arc<AtomicBool>,
     metrics: Arc<Registry>,
     bindings: Requests<String>,
+    drain: Drain,
 }
 
 impl AdminState for Admin {
@@ -95,6 +102,32 @@ impl AdminState for Admin {
         self.bindings
             .ask()
             .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
+    }
+    fn drain(&self) -> Option<&Drain> {
+        Some(&self.drain)
+    }
+}
+
+/// Where the loop is in the drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Not ready, serving until `until`; then shut down (`exit`: a SIGTERM started it) or wait for SIGTERM
+    /// (`/drain` started it).
+    Draining {
+        until: Instant,
+        exit: bool,
+    },
+    /// A `/drain` drain is over: not ready, waiting for SIGTERM.
+    Drained,
+}
+
+impl Phase {
+    fn until(self) -> Option<Instant> {
+        match self {
+            Phase::Draining { until, .. } => Some(until),
+            _ => None,
+        }
     }
 }
 
@@ -125,8 +158,8 @@ impl Stats {
     }
 }
 
-/// Runs a daemon with `settings` (keys file, admin address, SIGTERM drain) until SIGTERM. `build` creates the
-/// service once the keys are loaded. Returns an error message
+/// Runs a daemon with `settings` (keys file, admin address, SIGTERM and `/drain` drain, see the module
+/// documentation) until SIGTERM. `build` creates the service once the keys are loaded. Returns an error message
 /// for start-up failures (the caller prints it and exits non-zero). A SIGTERM or SIGINT that arrives before the
 /// loop starts (during `build`, say) ends the run as soon as `build` returns, with [`Service::shutdown`].
 pub fn run<S: Service>(
@@ -166,6 +199,7 @@ pub fn run<S: Service>(
     poll.registry()
         .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
         .map_err(|e| format!("event loop: {e}"))?;
+    let drain_control = Drain::new(Arc::clone(&waker));
     let (bindings, queue): (Requests<String>, RequestQueue<String>) = Requests::new(waker, 16);
     service
         .register(poll.registry())
@@ -176,6 +210,7 @@ pub fn run<S: Service>(
         ready: Arc::clone(&ready),
         metrics: Arc::clone(&metrics),
         bindings,
+        drain: drain_control.clone(),
     });
     let server = AdminServer::spawn(admin, state).map_err(|e| format!("admin server on {admin}: {e}"))?;
     tracing::info!(admin = %server.local_addr(), keys = %keys_file.display(), "started");
@@ -183,10 +218,9 @@ pub fn run<S: Service>(
     ready.store(service.serving(), Ordering::Relaxed);
 
     let mut events = Events::with_capacity(256);
-    // Set by the first SIGTERM when there is a drain: serve until then, not ready.
-    let mut draining_until: Option<Instant> = None;
+    let mut phase = Phase::Serving;
     loop {
-        let timer = match (service.next_timer(), draining_until) {
+        let timer = match (service.next_timer(), phase.until()) {
             (Some(t), Some(d)) => Some(t.min(d)),
             (t, d) => t.or(d),
         };
@@ -206,16 +240,44 @@ pub fn run<S: Service>(
                 t => service.ready(t, now),
             }
         }
+        // SIGTERM first: one arriving with a `/drain` in the same turn is the first signal, not the second.
         if signals.take_terminate() {
-            if draining_until.is_some() || drain.is_zero() {
+            if phase != Phase::Serving || drain.is_zero() {
                 break;
             }
-            let until = clock.instant() + drain;
             tracing::info!(drain_ms = drain.as_millis() as u64, "terminating: not ready, draining");
-            draining_until = Some(until);
+            phase = Phase::Draining {
+                until: clock.instant() + drain,
+                exit: true,
+            };
+            drain_control.set_phase(DrainPhase::Draining);
         }
-        if draining_until.is_some_and(|d| clock.instant() >= d) {
-            break;
+        if drain_control.take_request() && phase == Phase::Serving {
+            if drain.is_zero() {
+                tracing::info!("drain requested (/drain), drain_ms 0: not ready, waiting for SIGTERM");
+                phase = Phase::Drained;
+                drain_control.set_phase(DrainPhase::Drained);
+            } else {
+                tracing::info!(
+                    drain_ms = drain.as_millis() as u64,
+                    "drain requested (/drain): not ready, draining"
+                );
+                phase = Phase::Draining {
+                    until: clock.instant() + drain,
+                    exit: false,
+                };
+                drain_control.set_phase(DrainPhase::Draining);
+            }
+        }
+        if let Phase::Draining { until, exit } = phase
+            && clock.instant() >= until
+        {
+            if exit {
+                break;
+            }
+            tracing::info!("drained: not ready, waiting for SIGTERM");
+            phase = Phase::Drained;
+            drain_control.set_phase(DrainPhase::Drained);
         }
         if signals.take_hangup() {
             watcher.request_reload();
@@ -234,10 +296,12 @@ pub fn run<S: Service>(
             None => {}
         }
         service.tick(clock.now());
-        ready.store(draining_until.is_none() && service.serving(), Ordering::Relaxed);
+        ready.store(phase == Phase::Serving && service.serving(), Ordering::Relaxed);
     }
     tracing::info!("terminating");
     ready.store(false, Ordering::Relaxed);
+    // Whoever still waits on `/drain` (a drain cut short) gets the answer before the server goes.
+    drain_control.set_phase(DrainPhase::Drained);
     service.shutdown();
     stats.up.set(0);
     server.shutdown();
@@ -262,9 +326,21 @@ pub fn main<F: DeserializeOwned + Validate>(
     settings: impl Fn(&F) -> &DaemonSettings,
     run: impl FnOnce(F) -> Result<(), String>,
 ) -> ExitCode {
+    main_with(name, about, |_| Ok(()), settings, run)
+}
+
+/// [`main`] with `prepare` applied to the parsed file before it is validated (settings from the environment,
+/// say); an error from `prepare` is printed as `name: error` and exits with code 2, like an invalid file.
+pub fn main_with<F: DeserializeOwned + Validate>(
+    name: &'static str,
+    about: &'static str,
+    prepare: impl FnOnce(&mut F) -> Result<(), String>,
+    settings: impl Fn(&F) -> &DaemonSettings,
+    run: impl FnOnce(F) -> Result<(), String>,
+) -> ExitCode {
     let matches = Args::command().name(name).about(about).get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let file: F = match crate::load_config(&args.config) {
+    let file: F = match load_prepared(&args.config, prepare) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("{name}: {e}");
@@ -277,6 +353,32 @@ pub fn main<F: DeserializeOwned + Validate>(
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Parses the file at `path` (errors name the path and the field), applies `prepare`, then validates.
+fn load_prepared<F: DeserializeOwned + Validate>(
+    path: &std::path::Path,
+    prepare: impl FnOnce(&mut F) -> Result<(), String>,
+) -> Result<F, String> {
+    let Unvalidated(mut file) = crate::load_config::<Unvalidated<F>>(path)?;
+    prepare(&mut file)?;
+    let errors = file.validate();
+    if errors.is_empty() {
+        Ok(file)
+    } else {
+        Err(mip::config::render_errors(&path.display().to_string(), &errors))
+    }
+}
+
+/// A file parsed but not validated yet (its [`Validate`] finds nothing), for [`load_prepared`].
+#[derive(serde::Deserialize)]
+#[serde(transparent)]
+struct Unvalidated<F>(F);
+
+impl<F> Validate for Unvalidated<F> {
+    fn validate(&self) -> Vec<mip::config::ConfigError> {
+        Vec::new()
+    }
 }
 
 /// The result of one `recv_batch`/`read_batch` call on an edge-triggered source: `Some(true)` when the batch came
@@ -361,13 +463,126 @@ mod tests {
     }
 
     fn readyz(admin: SocketAddr) -> Option<u16> {
+        get(admin, "/readyz").map(|(code, _)| code)
+    }
+
+    /// `GET path` (HTTP/1.0): status and body; waits up to 10 s for the answer.
+    fn get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: t\r\n\r\n").ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n").as_bytes())
+            .ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;
-        text.split_whitespace().nth(1)?.parse().ok()
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
+    }
+
+    /// Starts `run` with a [`Probe`] on a thread; waits until `/readyz` is 200. (shut down, run's result)
+    fn start_probe(
+        admin: SocketAddr,
+        drain_ms: u64,
+    ) -> (Arc<AtomicBool>, mpsc::Receiver<Result<(), String>>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = write_keys(dir.path());
+        let shut_down = Arc::new(AtomicBool::new(false));
+        let serving = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = mpsc::channel();
+        {
+            let shut_down = Arc::clone(&shut_down);
+            std::thread::spawn(move || {
+                let r = run(&settings(keys, admin, drain_ms), |_ctx| {
+                    Ok(Probe { shut_down, serving })
+                });
+                tx.send(r).ok();
+            });
+        }
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while readyz(admin) != Some(200) && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(readyz(admin), Some(200));
+        (shut_down, rx, dir)
+    }
+
+    /// `GET /drain` (the preStop hook): `/readyz` turns 503 at once while the service keeps running, the answer
+    /// comes when the drain time is over, the daemon then keeps running (not ready) until the SIGTERM, which
+    /// shuts it down at once; a `/drain` during the drain waits for the same end, one after it answers at once.
+    #[test]
+    fn drain_request_withdraws_answers_after_the_drain_and_sigterm_then_exits_at_once() {
+        let _signals = crate::signal_lock();
+        let admin = SocketAddr::from(([127, 0, 0, 1], 19_440));
+        let (shut_down, rx, _dir) = start_probe(admin, 1200);
+        let sent = std::time::Instant::now();
+        let first = std::thread::spawn(move || get(admin, "/drain"));
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(readyz(admin), Some(503), "not ready while draining");
+        assert!(!shut_down.load(Ordering::SeqCst), "still serving while draining");
+        assert!(!first.is_finished(), "the answer waits for the drain's end");
+        // A second caller waits for the same end, not a new drain.
+        let second = std::thread::spawn(move || (get(admin, "/drain"), std::time::Instant::now()));
+        let (code, body) = first.join().unwrap().expect("/drain answers");
+        let took = sent.elapsed();
+        assert_eq!((code, body.as_str()), (200, "drained\n"));
+        assert!(took >= Duration::from_millis(1200), "{took:?}");
+        assert!(took < Duration::from_millis(2500), "{took:?}");
+        let (answer, at) = second.join().unwrap();
+        assert_eq!(answer.map(|a| a.0), Some(200));
+        assert!(at.duration_since(sent) < Duration::from_millis(2500), "same end");
+        // Drained: still running, not ready; another /drain answers at once.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(rx.try_recv().is_err(), "the daemon waits for SIGTERM after the drain");
+        assert!(!shut_down.load(Ordering::SeqCst));
+        assert_eq!(readyz(admin), Some(503), "stays not ready");
+        let again = std::time::Instant::now();
+        assert_eq!(get(admin, "/drain").map(|a| a.0), Some(200));
+        assert!(again.elapsed() < Duration::from_millis(500), "{:?}", again.elapsed());
+        // The kubelet's SIGTERM: shut down at once, no second drain.
+        let term = std::time::Instant::now();
+        signal_hook::low_level::raise(libc::SIGTERM).unwrap();
+        let r = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("SIGTERM after /drain exits");
+        assert_eq!(r, Ok(()));
+        assert!(term.elapsed() < Duration::from_millis(500), "{:?}", term.elapsed());
+        assert!(shut_down.load(Ordering::SeqCst));
+    }
+
+    /// With `drain_ms: 0` `/drain` answers at once (not ready from then on); SIGTERM ends the daemon.
+    #[test]
+    fn drain_request_with_no_drain_time_answers_at_once() {
+        let _signals = crate::signal_lock();
+        let admin = SocketAddr::from(([127, 0, 0, 1], 19_441));
+        let (shut_down, rx, _dir) = start_probe(admin, 0);
+        let sent = std::time::Instant::now();
+        assert_eq!(get(admin, "/drain"), Some((200, "drained\n".to_string())));
+        assert!(sent.elapsed() < Duration::from_millis(500), "{:?}", sent.elapsed());
+        assert_eq!(readyz(admin), Some(503));
+        assert!(!shut_down.load(Ordering::SeqCst));
+        signal_hook::low_level::raise(libc::SIGTERM).unwrap();
+        let r = rx.recv_timeout(Duration::from_secs(2)).expect("SIGTERM exits");
+        assert_eq!(r, Ok(()));
+        assert!(shut_down.load(Ordering::SeqCst));
+    }
+
+    /// A `/drain` during a SIGTERM drain waits for its end and is answered before the daemon exits.
+    #[test]
+    fn drain_request_during_a_sigterm_drain_is_answered_at_its_end() {
+        let _signals = crate::signal_lock();
+        let admin = SocketAddr::from(([127, 0, 0, 1], 19_442));
+        let (shut_down, rx, _dir) = start_probe(admin, 800);
+        let sent = std::time::Instant::now();
+        signal_hook::low_level::raise(libc::SIGTERM).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let answer = get(admin, "/drain");
+        assert_eq!(answer.map(|a| a.0), Some(200));
+        assert!(sent.elapsed() >= Duration::from_millis(800), "{:?}", sent.elapsed());
+        let r = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("run returns after the drain");
+        assert_eq!(r, Ok(()));
+        assert!(shut_down.load(Ordering::SeqCst));
     }
 
     fn settings(keys_file: PathBuf, admin: SocketAddr, drain_ms: u64) -> DaemonSettings {

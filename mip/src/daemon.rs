@@ -8,6 +8,10 @@
 //! daemon:     { keys_file: /etc/mip/keys.yaml, admin: 0.0.0.0:9434, log_format: json }
 //! replication: { ... }  # optional: replication::ReplicationConfig (absent = a single replica)
 //! ```
+//!
+//! `mip-proxy` takes its node address from the environment variable [`NODE_ADDRESS_ENV`] when it is set (it
+//! overrides `proxy.node_address`, before validation); a `replication:` section without `replica_id` then gets
+//! its id from that address ([`ProxyFile::replica_id`]).
 
 pub mod replication;
 
@@ -37,6 +41,10 @@ fn default_admin() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9434))
 }
 
+/// The environment variable whose value, when set, `mip-proxy` uses as `proxy.node_address` (Kubernetes sets it
+/// from the downward API: `status.podIP`, the node's address under host networking). Applied before validation.
+pub const NODE_ADDRESS_ENV: &str = "MIP_NODE_ADDRESS";
+
 /// The longest SIGTERM drain [`DaemonSettings::drain_ms`] accepts.
 pub const MAX_DRAIN_MS: u64 = 600_000;
 
@@ -46,7 +54,7 @@ pub const MAX_DRAIN_MS: u64 = 600_000;
 pub struct DaemonSettings {
     /// The keys file (security associations); reloaded on SIGHUP or when it changes, without losing state.
     pub keys_file: PathBuf,
-    /// Admin HTTP address: `/healthz`, `/readyz`, `/metrics`, `/bindings`. Default 127.0.0.1:9434.
+    /// Admin HTTP address: `/healthz`, `/readyz`, `/metrics`, `/bindings`, `/drain`. Default 127.0.0.1:9434.
     #[serde(default = "default_admin")]
     pub admin: SocketAddr,
     /// Log format.
@@ -54,7 +62,9 @@ pub struct DaemonSettings {
     pub log_format: LogFormat,
     /// SIGTERM drain in milliseconds (default 0): `/readyz` turns false at once, the daemon keeps serving this
     /// long (so a load balancer, a BFD-driven route controller or a Kubernetes endpoint update withdraws it
-    /// while it still forwards), then shuts down. A second SIGTERM/SIGINT ends the drain early.
+    /// while it still forwards), then shuts down. A second SIGTERM/SIGINT ends the drain early. `GET /drain` on
+    /// the admin address (Kubernetes' `preStop` hook) starts the same drain and answers when it is over; the
+    /// daemon then waits, not ready, for the SIGTERM that follows and shuts down at once.
     #[serde(default)]
     pub drain_ms: u64,
 }
@@ -150,6 +160,12 @@ pub struct ProxyDataPlane {
     /// Routing table for packets from home-agent tunnels (two_box).
     #[serde(default = "default_ha_path_table")]
     pub ha_path_table: u32,
+    /// Put `proxy_public`/32 and `proxy_private`/32 on `lo` at start (each one not on the host yet) and remove
+    /// them at shutdown, after the drain and the replication flush (default off: the host is configured
+    /// outside the daemon). The Kubernetes operator sets it: every replica owns the shared addresses, and the
+    /// network spreads them over the ready replicas (README "Scale-out").
+    #[serde(default)]
+    pub assign_addresses: bool,
 }
 
 /// `mip-proxy --config FILE`.
@@ -172,6 +188,15 @@ impl Validate for ProxyFile {
         let mut e: Vec<ConfigError> = self.proxy.validate().into_iter().map(|x| x.within("proxy")).collect();
         if let Some(r) = &self.replication {
             e.extend(r.validate().into_iter().map(|x| x.within("replication")));
+            if r.effective_replica_id(self.proxy.node_address).is_none() {
+                e.push(ConfigError::new(
+                    "replication.replica_id",
+                    format!(
+                        "required unless the node address is set (proxy.node_address or the environment variable \
+                         {NODE_ADDRESS_ENV}), from which it is derived"
+                    ),
+                ));
+            }
         }
         let d = &self.dataplane;
         if d.vpn_gateways.is_empty() {
@@ -235,6 +260,12 @@ impl ProxyDataPlane {
 }
 
 impl ProxyFile {
+    /// This replica's id (`replication:` set): `replication.replica_id`, else derived from `proxy.node_address`
+    /// (its value as a `u32`). `None` without `replication:`, or when neither is set (validation refuses that).
+    pub fn replica_id(&self) -> Option<u32> {
+        self.replication.as_ref()?.effective_replica_id(self.proxy.node_address)
+    }
+
     /// The data-plane configuration of [`crate::dataplane`].
     pub fn dataplane_config(&self) -> crate::dataplane::DataPlaneConfig {
         crate::dataplane::DataPlaneConfig {

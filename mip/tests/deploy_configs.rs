@@ -139,8 +139,9 @@ fn proxy_replication_section() {
         uncommented.push('\n');
     }
     let p: ProxyFile = from_yaml(&uncommented).unwrap_or_else(|e| panic!("{e:?}\n{uncommented}"));
+    assert_eq!(p.replica_id(), Some(1));
     let r = p.replication.expect("the section");
-    assert_eq!(r.replica_id, 1);
+    assert_eq!(r.replica_id, Some(1));
     assert_eq!(r.peers.static_peers.as_ref().map(Vec::len), Some(2));
     assert!(r.tls.is_some() && !r.insecure_plaintext);
 
@@ -157,4 +158,53 @@ fn proxy_replication_section() {
     .unwrap_err();
     assert_eq!(errs[0].field, "replication.bogus", "{errs:?}");
     assert!(errs[0].message.contains("unknown field"), "{errs:?}");
+}
+
+/// `replication.replica_id` is optional when the node address is set (by the file or, in `mip-proxy`, by
+/// `MIP_NODE_ADDRESS` before validation): the id is then the address as a `u32`; an explicit id wins.
+#[test]
+fn replica_id_derived_from_the_node_address() {
+    let replication = "replication: {listen: 0.0.0.0:7443, peers: {dns: {name: p.mip.svc, port: 7443}}, \
+                       insecure_plaintext: true}\n";
+    let with = |node: &str, id: &str| {
+        let proxy = format!(
+            "proxy: {{proxy_public: 198.51.100.10, proxy_private: 10.10.0.10{node}, \
+             home_agents: [{{address: 10.10.1.1}}]}}\n"
+        );
+        let r = replication.replace("listen:", &format!("{id}listen:"));
+        from_yaml::<ProxyFile>(&format!(
+            "{proxy}daemon: {{keys_file: /k}}\ndataplane: {{vpn_gateways: [198.51.100.20], \
+             vpn_gateway_private: 10.10.0.20}}\n{r}"
+        ))
+    };
+    let p = with(", node_address: 10.10.0.11", "").unwrap();
+    assert_eq!(p.replication.as_ref().unwrap().replica_id, None);
+    assert_eq!(p.replica_id(), Some(u32::from(Ipv4Addr::new(10, 10, 0, 11))));
+    assert_eq!(p.replica_id(), Some(168_427_531));
+    let p = with(", node_address: 10.10.0.11", "replica_id: 9, ").unwrap();
+    assert_eq!(p.replica_id(), Some(9));
+    let p = with("", "replica_id: 9, ").unwrap();
+    assert_eq!(p.replica_id(), Some(9), "explicit, no node address needed");
+    // Neither: the error names the field and the environment variable.
+    let errs = with("", "").unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].field, "replication.replica_id");
+    assert!(errs[0].message.contains("MIP_NODE_ADDRESS"), "{errs:?}");
+    assert!(errs[0].message.contains("proxy.node_address"), "{errs:?}");
+    // Without replication there is no id.
+    let p: ProxyFile = load("proxy.yaml");
+    assert_eq!(p.replica_id(), None);
+}
+
+/// `dataplane.assign_addresses` is off by default (the example says so) and parses.
+#[test]
+fn assign_addresses_defaults_off() {
+    assert!(!proxy_with("").unwrap().dataplane.assign_addresses);
+    assert!(
+        proxy_with(", assign_addresses: true")
+            .unwrap()
+            .dataplane
+            .assign_addresses
+    );
+    assert!(!load::<ProxyFile>("proxy.yaml").dataplane.assign_addresses);
 }

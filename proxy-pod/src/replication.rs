@@ -81,15 +81,17 @@ fn node_sa(proxy: &Proxy, home_address: core::net::Ipv4Addr, nai: Option<&str>) 
 }
 
 impl Replication {
-    /// Binds the replication listener and starts the transport; `waker` wakes the event loop when peers'
-    /// records were applied.
+    /// Binds the replication listener and starts the transport as replica `replica_id` (`config.replica_id`, or
+    /// the one derived from the node address: [`mip::daemon::ProxyFile::replica_id`]); `waker` wakes the event
+    /// loop when peers' records were applied.
     pub fn start(
         config: &ReplicationConfig,
+        replica_id: u32,
         clock: Clock,
         waker: Arc<mio::Waker>,
         metrics: ReplicationMetrics,
     ) -> Result<Replication, String> {
-        let store: SharedStore = Arc::new(Mutex::new(ReplicaStore::new(config.replica_id)));
+        let store: SharedStore = Arc::new(Mutex::new(ReplicaStore::new(replica_id)));
         let now = Arc::new(move || clock.now());
         let wake = Arc::new(move || {
             if let Err(e) = waker.wake() {
@@ -98,7 +100,8 @@ impl Replication {
         });
         let replicator = Replicator::start(config.clone(), Arc::clone(&store), now, wake).map_err(|e| e.to_string())?;
         tracing::info!(
-            replica_id = config.replica_id,
+            replica_id,
+            replica_id_from = if config.replica_id.is_some() { "replication.replica_id" } else { "node address" },
             listen = %replicator.local_addr(),
             peers = ?config.peers,
             tls = config.tls.is_some(),

@@ -215,8 +215,10 @@ impl ProxyService {
     pub fn new(file: &ProxyFile, ctx: &Context) -> Result<ProxyService, String> {
         let dataplane = DataPlane::new(file.dataplane_config());
         let metrics = ProxyMetrics::new(Arc::clone(&ctx.metrics), &dataplane).map_err(|e| e.to_string())?;
-        let sockets = Sockets::open(file)?;
+        // Kernel state first: with `dataplane.assign_addresses` the sockets bind to the addresses it adds (a
+        // socket error then removes it again, when `kernel` drops).
         let kernel = KernelState::install(file)?;
+        let sockets = Sockets::open(file)?;
         let d = &file.dataplane;
         let udp_mtu = dataplane.tunnel_mtu(Ipv4Addr::UNSPECIFIED, mip::binding::Encapsulation::UdpIpInIp);
         if d.tun_mtu() > udp_mtu {
@@ -250,8 +252,12 @@ impl ProxyService {
             replication: None,
         };
         if let Some(r) = &file.replication {
+            let id = file.replica_id().ok_or(
+                "replication.replica_id: required unless the node address is set (proxy.node_address or \
+                 MIP_NODE_ADDRESS)",
+            )?;
             let m = core.metrics.replication.clone();
-            core.replication = Some(Replication::start(r, ctx.clock, Arc::clone(&ctx.waker), m)?);
+            core.replication = Some(Replication::start(r, id, ctx.clock, Arc::clone(&ctx.waker), m)?);
         }
         tracing::info!(
             public = %core.sockets.public.local_addr(),

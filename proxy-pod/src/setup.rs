@@ -13,11 +13,17 @@
 //! * Home agents inside a routed home network (the lab's HA at 10.10.1.1 serves 10.10.1.0/24) would be
 //!   routed into the TUN too, and relayed requests would never reach them: before the home-network routes go
 //!   in, each such HA gets a host route along the path the kernel uses for it now (unless a host route exists).
+//! * `dataplane.assign_addresses`: `proxy_public`/32 and `proxy_private`/32 on `lo` (label [`LO_LABEL`]), each
+//!   one only if the host does not have it yet, before anything else (the sockets bind to them). An address on
+//!   `lo` with our label is a leftover of a run that could not clean up (SIGKILL) and is adopted; an address
+//!   the host has otherwise is left alone, at start and at shutdown. The network withdraws the replica from the
+//!   shared addresses by following `/readyz` (README "Scale-out"), so they go last, after the drain and the
+//!   replication flush.
 //!
 //! Routes use `ip route replace` (idempotent across a crash and restart); replacing somebody else's route to a
 //! home network is logged, and that route is not restored at shutdown. The policy rule is added once (an
 //! identical leftover rule is adopted). [`KernelState::remove`] deletes, in reverse order, exactly what was
-//! added; the TUN devices vanish with their descriptors.
+//! added (and adopted); the TUN devices vanish with their descriptors.
 
 use core::net::Ipv4Addr;
 
@@ -26,6 +32,11 @@ use mip::daemon::{DeploymentMode, ProxyFile};
 use mip_io::net::{self, NetError, Route, Rule};
 use mip_io::tun::Tun;
 use serde_json::Value;
+
+/// The device `dataplane.assign_addresses` puts the shared addresses on.
+pub const LOOPBACK: &str = "lo";
+/// The label of the addresses the proxy puts on [`LOOPBACK`]: how a later run recognises its leftovers.
+pub const LO_LABEL: &str = "lo:mip-proxy";
 
 /// What [`KernelState::install`] set up.
 #[derive(Debug)]
@@ -36,6 +47,74 @@ pub struct KernelState {
     pub ha_tun: Tun,
     routes: Vec<Route>,
     rules: Vec<Rule>,
+    addresses: LoopbackAddresses,
+}
+
+/// The /32s this run put on (or adopted from a crashed run on) [`LOOPBACK`]; removed on [`remove`](Self::remove)
+/// or drop.
+#[derive(Debug, Default)]
+struct LoopbackAddresses(Vec<Ipv4Addr>);
+
+impl LoopbackAddresses {
+    /// Puts each of `addrs` on [`LOOPBACK`] unless the host has it; on error, removes what it added.
+    fn assign(addrs: &[Ipv4Addr]) -> Result<LoopbackAddresses, String> {
+        let mut out = LoopbackAddresses::default();
+        let present = host_addresses()?;
+        for &addr in addrs {
+            if out.0.contains(&addr) {
+                continue;
+            }
+            match present.iter().find(|(a, _, _)| *a == addr) {
+                Some((_, dev, label)) if dev == LOOPBACK && label == LO_LABEL => {
+                    tracing::info!(%addr, "address on {LOOPBACK} left by an earlier run; adopted");
+                    out.0.push(addr);
+                }
+                Some((_, dev, _)) => {
+                    tracing::info!(%addr, dev = %dev, "address already on the host; left as it is");
+                }
+                None => {
+                    let a = format!("{addr}/32");
+                    net::run("ip", &["addr", "add", &a, "dev", LOOPBACK, "label", LO_LABEL]).map_err(err)?;
+                    tracing::info!(%addr, "address added to {LOOPBACK}");
+                    out.0.push(addr);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove(&mut self) {
+        for addr in self.0.drain(..).rev() {
+            match net::addr_del(LOOPBACK, addr, 32) {
+                Ok(()) => tracing::info!(%addr, "address removed from {LOOPBACK}"),
+                Err(e) if e.is_missing() => {}
+                Err(e) => tracing::warn!(error = %e, "removing an address"),
+            }
+        }
+    }
+}
+
+impl Drop for LoopbackAddresses {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Every IPv4 address of the host: (address, device, label).
+fn host_addresses() -> Result<Vec<(Ipv4Addr, String, String)>, String> {
+    let text = net::run("ip", &["-j", "-4", "addr", "show"]).map_err(err)?;
+    let links: Vec<Value> = serde_json::from_str(&text).map_err(|e| format!("ip -j -4 addr show: {e}"))?;
+    let mut out = Vec::new();
+    for l in &links {
+        let dev = l.get("ifname").and_then(Value::as_str).unwrap_or_default();
+        for a in l.get("addr_info").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(addr) = a.get("local").and_then(Value::as_str).and_then(|s| s.parse().ok()) {
+                let label = a.get("label").and_then(Value::as_str).unwrap_or(dev);
+                out.push((addr, dev.to_string(), label.to_string()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The home networks to route into the TUN, without duplicates, in configuration order.
@@ -58,9 +137,15 @@ fn err(e: NetError) -> String {
 }
 
 impl KernelState {
-    /// Opens the TUNs and installs sysctls, routes and rules. On error everything added so far is removed.
+    /// Puts the shared addresses on `lo` (`dataplane.assign_addresses`), opens the TUNs and installs sysctls,
+    /// routes and rules. On error everything added so far is removed.
     pub fn install(file: &ProxyFile) -> Result<KernelState, String> {
         let d = &file.dataplane;
+        let addresses = if d.assign_addresses {
+            LoopbackAddresses::assign(&[file.proxy.proxy_public, file.proxy.proxy_private])?
+        } else {
+            LoopbackAddresses::default()
+        };
         sysctl("net.ipv4.ip_forward", "1")?;
         sysctl("net.ipv4.conf.all.rp_filter", "0")?;
         sysctl("net.ipv4.conf.default.rp_filter", "0")?;
@@ -76,6 +161,7 @@ impl KernelState {
             ha_tun,
             routes: Vec::new(),
             rules: Vec::new(),
+            addresses,
         };
         if let Err(e) = state.add_routes(file, &networks, pins) {
             state.remove();
@@ -138,8 +224,8 @@ impl KernelState {
         Ok(())
     }
 
-    /// Deletes the rules and routes this state added (newest first). Failures are logged; something already
-    /// gone is not a failure.
+    /// Deletes the rules, routes and addresses this state added (newest first). Failures are logged; something
+    /// already gone is not a failure.
     pub fn remove(&mut self) {
         for rule in self.rules.drain(..).rev() {
             if let Err(e) = net::rule_del(&rule)
@@ -155,13 +241,16 @@ impl KernelState {
                 tracing::warn!(error = %e, "removing a route");
             }
         }
+        self.addresses.remove();
     }
 
-    /// The routes and rules currently installed, as `ip` would show them (for logs and tests).
+    /// The addresses, routes and rules currently installed, as `ip` would show them (for logs and tests).
     pub fn describe(&self) -> Vec<String> {
-        self.routes
+        self.addresses
+            .0
             .iter()
-            .map(describe)
+            .map(|a| format!("addr {a}/32 dev {LOOPBACK}"))
+            .chain(self.routes.iter().map(describe))
             .chain(
                 self.rules
                     .iter()

@@ -594,3 +594,151 @@ fn failed_start_leaves_no_kernel_state() {
     assert!(failed, "{}", lab.log_text());
     assert_kernel_state_removed(&lab);
 }
+
+/// The node's own address on the intranet LAN (what `MIP_NODE_ADDRESS` carries in a pod).
+const NODE: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 11);
+
+/// `ip -4 addr show dev lo` in the proxy's namespace.
+fn lo_addresses(lab: &Lab) -> String {
+    lab.px.ip("-4 addr show dev lo")
+}
+
+/// As a Kubernetes pod runs it: the node address from `MIP_NODE_ADDRESS` (relayed requests leave from it, the
+/// replica id is derived from it), `assign_addresses` puts `proxy_public`/32 on `lo` (`proxy_private` is on
+/// `lan0` already: left alone), `GET /drain` withdraws (`/readyz` 503) while the proxy keeps serving and
+/// answers after `drain_ms`, then SIGTERM exits at once and removes exactly the address it added. A run killed
+/// with SIGKILL leaves the address; the next run adopts it and removes it at its shutdown.
+#[test]
+fn pod_mode_node_address_from_env_assigned_addresses_and_drain() {
+    let mut lab = Lab::topology(Mode::OneBox);
+    lab.px.ip(&format!("addr del {PROXY_PUBLIC}/32 dev lo"));
+    lab.px.ip(&format!("addr add {NODE}/24 dev lan0"));
+    lab.env = vec![("MIP_NODE_ADDRESS".into(), NODE.to_string())];
+    lab.dataplane_extra = "  assign_addresses: true\n".into();
+    lab.daemon_extra = "  drain_ms: 700\n".into();
+    lab.replication = Some(format!(
+        "  listen: {NODE}:7443\n  peers: {{ static: [{NODE}:7443] }}\n  insecure_plaintext: true\n  \
+         flush_timeout_ms: 300\n"
+    ));
+    lab.start_proxy();
+
+    let id = u32::from(NODE);
+    let logs = lab.log_json();
+    let line = |msg: &str| {
+        logs.iter()
+            .find(|l| l["message"] == msg)
+            .unwrap_or_else(|| panic!("no `{msg}` line:\n{}", lab.log_text()))
+            .clone()
+    };
+    let node = line("node address");
+    assert_eq!(
+        (&node["node_address"], &node["source"], &node["replica_id"]),
+        (&json!(NODE.to_string()), &json!("MIP_NODE_ADDRESS"), &json!(id)),
+        "{node}"
+    );
+    assert_eq!(line("replication started")["replica_id"], json!(id));
+    let lo = lo_addresses(&lab);
+    assert!(
+        lo.contains(&format!("{PROXY_PUBLIC}/32")) && lo.contains("lo:mip-proxy"),
+        "{lo}"
+    );
+    assert!(
+        !lo.contains(&PROXY_PRIVATE.to_string()),
+        "already on lan0: not added\n{lo}"
+    );
+    eventually("ready", || lab.http("/readyz").is_some_and(|(c, _)| c == 200));
+
+    // Registration through the shared address; the HA sees the relayed request from the node address.
+    let mn = lab.mobile(434);
+    registered_udp(mn.register(KEY1, Duration::from_secs(5)));
+    assert_eq!(
+        lab.ha().seen.lock().unwrap().clone(),
+        vec![SocketAddrV4::new(NODE, 434)]
+    );
+
+    // preStop: GET /drain. Not ready at once, still serving, answered after drain_ms.
+    let sent = Instant::now();
+    let hook = lab.px.spawn(|| http_get(ADMIN, "/drain"));
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(lab.http("/readyz").map(|r| r.0), Some(503));
+    assert_eq!(lab.bindings().as_array().unwrap().len(), 1, "still serving");
+    assert_eq!(hook.join().unwrap(), Some((200, "drained\n".to_string())));
+    let took = sent.elapsed();
+    assert!(took >= Duration::from_millis(700), "{took:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        lab.proxy.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "waits for SIGTERM"
+    );
+    assert_eq!(lab.http("/readyz").map(|r| r.0), Some(503), "stays not ready");
+    assert!(
+        lo_addresses(&lab).contains(&PROXY_PUBLIC.to_string()),
+        "kept until shutdown"
+    );
+
+    // The kubelet's SIGTERM after the hook: no second drain.
+    let term = Instant::now();
+    lab.signal(Signal::SIGTERM);
+    let status = lab
+        .wait_exit(Duration::from_secs(2))
+        .expect("exits at once after the drain");
+    assert!(status.success(), "{status}\n{}", lab.log_text());
+    assert!(term.elapsed() < Duration::from_millis(1000), "{:?}", term.elapsed());
+    let lo = lo_addresses(&lab);
+    assert!(
+        !lo.contains(&PROXY_PUBLIC.to_string()),
+        "the address it added is gone\n{lo}"
+    );
+    let lan = lab.px.ip("-4 addr show dev lan0");
+    assert!(
+        lan.contains(&format!("{PROXY_PRIVATE}/24")),
+        "what it did not add stays\n{lan}"
+    );
+
+    // SIGKILL leaves the address; the next run adopts it and removes it.
+    lab.start_proxy();
+    lab.signal(Signal::SIGKILL);
+    lab.wait_exit(Duration::from_secs(2)).expect("killed");
+    assert!(
+        lo_addresses(&lab).contains(&PROXY_PUBLIC.to_string()),
+        "left by the killed run"
+    );
+    lab.start_proxy();
+    assert!(
+        lab.log_text().contains("left by an earlier run; adopted"),
+        "{}",
+        lab.log_text()
+    );
+    lab.signal(Signal::SIGTERM);
+    // A SIGTERM drain this time (700 ms), then shutdown.
+    let status = lab.wait_exit(Duration::from_secs(3)).expect("exits after the drain");
+    assert!(status.success(), "{status}\n{}", lab.log_text());
+    assert!(
+        !lo_addresses(&lab).contains(&PROXY_PUBLIC.to_string()),
+        "{}",
+        lo_addresses(&lab)
+    );
+}
+
+/// A `MIP_NODE_ADDRESS` that is not an IPv4 unicast address stops the start (exit 2) with an error naming it;
+/// without it, a replication section without `replica_id` and no node address is refused naming the field.
+#[test]
+fn bad_node_address_env_and_missing_replica_id_stop_the_start() {
+    let mut lab = Lab::topology(Mode::TwoBox);
+    lab.env = vec![("MIP_NODE_ADDRESS".into(), "fd00::1".into())];
+    let status = lab.start_expecting_exit();
+    assert_eq!(status.code(), Some(2), "{}", lab.log_text());
+    let text = lab.log_text();
+    assert!(
+        text.contains("MIP_NODE_ADDRESS") && text.contains("not an IPv4 unicast address"),
+        "{text}"
+    );
+
+    lab.env.clear();
+    lab.replication = Some("  listen: 127.0.0.1:7443\n  peers: { static: [] }\n  insecure_plaintext: true\n".into());
+    let status = lab.start_expecting_exit();
+    assert_eq!(status.code(), Some(2), "{}", lab.log_text());
+    let text = lab.log_text();
+    assert!(text.contains("field `replication.replica_id`"), "{text}");
+    assert_kernel_state_removed(&lab);
+}

@@ -4,7 +4,7 @@
 //! It lives here, not in `mip-replication`, because `mip-replication` depends on `mip`.
 //!
 //! ```yaml
-//! replica_id: 1
+//! replica_id: 1                              # optional in mip-proxy: derived from the node address
 //! listen: 0.0.0.0:7443
 //! peers:
 //!   static: [10.0.0.2:7443, 10.0.0.3:7443]   # or: dns: { name: mip-peers.mip.svc, port: 7443 }
@@ -14,7 +14,7 @@
 //! digest_interval_ms: 5000
 //! ```
 
-use core::net::SocketAddr;
+use core::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::config::{ConfigError, Validate};
@@ -98,8 +98,11 @@ pub struct TlsFiles {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationConfig {
-    /// This replica's id, unique among the peers, nonzero (the last tie-break of conflicting writes).
-    pub replica_id: u32,
+    /// This replica's id, unique among the peers, nonzero (the last tie-break of conflicting writes). Optional:
+    /// absent, `mip-proxy` derives it from its node address ([`ReplicationConfig::effective_replica_id`]), which
+    /// is unique per replica by construction (one replica per node, its own address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<u32>,
     /// gRPC listen address.
     pub listen: SocketAddr,
     /// Peers.
@@ -154,7 +157,7 @@ impl ReplicationConfig {
     /// A plaintext configuration with defaults (tests, examples).
     pub fn plaintext(replica_id: u32, listen: SocketAddr, peers: Vec<SocketAddr>) -> Self {
         ReplicationConfig {
-            replica_id,
+            replica_id: Some(replica_id),
             listen,
             peers: PeersConfig::fixed(peers),
             tls: None,
@@ -167,12 +170,21 @@ impl ReplicationConfig {
             chunk_records: default_chunk(),
         }
     }
+
+    /// The replica id in use: `replica_id` if set, else the node address as a `u32` (nonzero for any unicast
+    /// address; `10.10.0.11` → 168427531). `None` when neither is known (a configuration error, reported by
+    /// [`super::ProxyFile`]'s validation under `replication.replica_id`).
+    pub fn effective_replica_id(&self, node_address: Option<Ipv4Addr>) -> Option<u32> {
+        self.replica_id.or(node_address.map(u32::from))
+    }
 }
 
 impl Validate for ReplicationConfig {
+    /// Checks the section on its own: an absent `replica_id` is accepted here (the proxy's file decides whether
+    /// it can be derived).
     fn validate(&self) -> Vec<ConfigError> {
         let mut e = Vec::new();
-        if self.replica_id == 0 {
+        if self.replica_id == Some(0) {
             e.push(ConfigError::new("replica_id", "must be nonzero"));
         }
         match (&self.tls, self.insecure_plaintext) {
@@ -270,6 +282,29 @@ mod tests {
         .unwrap_err();
         assert_eq!(err[0].field, "peers");
         assert!(c.insecure_plaintext && c.tls.is_none());
+    }
+
+    #[test]
+    fn replica_id_is_optional_and_derived_from_the_node_address() {
+        let c: ReplicationConfig =
+            from_yaml("listen: 0.0.0.0:7443\npeers: { static: [] }\ninsecure_plaintext: true\n").unwrap();
+        assert_eq!(c.replica_id, None);
+        assert_eq!(c.effective_replica_id(None), None);
+        let node = Ipv4Addr::new(10, 10, 0, 11);
+        assert_eq!(c.effective_replica_id(Some(node)), Some(168_427_531));
+        let explicit = ReplicationConfig {
+            replica_id: Some(7),
+            ..c.clone()
+        };
+        assert_eq!(
+            explicit.effective_replica_id(Some(node)),
+            Some(7),
+            "an explicit id wins"
+        );
+        assert_eq!(ReplicationConfig::plaintext(3, c.listen, vec![]).replica_id, Some(3));
+        // Absent, it is not written back either (the operator renders the file from these types).
+        let yaml = serde_norway::to_string(&c).unwrap();
+        assert!(!yaml.contains("replica_id"), "{yaml}");
     }
 
     #[test]

@@ -120,7 +120,8 @@ pub struct ProxyConfig {
     /// This replica's own address, the source of relayed requests so the HA's reply returns to the replica that
     /// holds the pending entry (scale-out, ARCHITECTURE.md). Default: `proxy_private`. When it differs, relayed
     /// requests carry D = 0 (proxy_private as an agent's care-of address, not a co-located one), so the HA
-    /// does not mistake the differing source for a NAT.
+    /// does not mistake the differing source for a NAT. `mip-proxy` replaces it with the value of the
+    /// environment variable [`crate::daemon::NODE_ADDRESS_ENV`] when that is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_address: Option<Ipv4Addr>,
     /// UDP source port of relayed requests (default 434).
@@ -169,6 +170,11 @@ pub struct ProxyConfig {
     pub reply_on_auth_failure: bool,
 }
 
+/// Whether `addr` can be a host's own address here: not 0.0.0.0, not 255.255.255.255, not multicast.
+pub fn is_unicast(addr: Ipv4Addr) -> bool {
+    !(addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast())
+}
+
 impl ProxyConfig {
     /// A configuration with defaults for everything but the addresses and home agents.
     pub fn new(proxy_public: Ipv4Addr, proxy_private: Ipv4Addr, home_agents: Vec<HomeAgentEntry>) -> Self {
@@ -202,7 +208,7 @@ impl ProxyConfig {
 impl Validate for ProxyConfig {
     fn validate(&self) -> Vec<ConfigError> {
         let mut e = Vec::new();
-        let unicast = |a: Ipv4Addr| !(a.is_unspecified() || a.is_broadcast() || a.is_multicast());
+        let unicast = is_unicast;
         if !unicast(self.proxy_public) {
             e.push(ConfigError::new("proxy_public", "must be a unicast address"));
         }

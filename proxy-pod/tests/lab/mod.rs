@@ -267,6 +267,12 @@ pub struct Lab {
     log: PathBuf,
     /// The `replication:` section appended to the proxy's configuration (YAML, indented body lines).
     pub replication: Option<String>,
+    /// Lines appended to the `dataplane:` section (YAML, indented).
+    pub dataplane_extra: String,
+    /// Lines appended to the `daemon:` section (YAML, indented).
+    pub daemon_extra: String,
+    /// Environment variables of the proxy process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Lab {
@@ -299,6 +305,9 @@ impl Lab {
             ha: None,
             log,
             replication: None,
+            dataplane_extra: String::new(),
+            daemon_extra: String::new(),
+            env: Vec::new(),
         };
         lab.build();
         lab.ha = Some(HaThread::start(&lab.ha_ns, keystore(KEY1)));
@@ -377,8 +386,10 @@ impl Lab {
             "proxy:\n  proxy_public: {PROXY_PUBLIC}\n  proxy_private: {PROXY_PRIVATE}\n  home_agents:\n    - address: \
              {HA}\n      home_networks: [10.10.1.0/24]\n  nat:\n    allow_forced: true\ndataplane:\n  mode: {mode}\n  \
              vpn_gateways: [{VPNGW}]\n{private}  tun: {TUN}\n  ha_tun: {HA_TUN}\n  tun_mtu: 1400\n  ha_path_table: \
-             {TABLE}\ndaemon:\n  keys_file: {}\n  admin: {ADMIN}\n  log_format: json\n{}",
+             {TABLE}\n{}daemon:\n  keys_file: {}\n  admin: {ADMIN}\n  log_format: json\n{}{}",
+            self.dataplane_extra,
             self.keys_path().display(),
+            self.daemon_extra,
             self.replication
                 .as_deref()
                 .map_or_else(String::new, |r| format!("replication:\n{r}"))
@@ -401,11 +412,13 @@ impl Lab {
         let config = self.dir.path().join("proxy.yaml");
         std::fs::write(&config, self.config_yaml()).unwrap();
         let log = File::create(&self.log).unwrap();
+        let env = self.env.clone();
         let child = self.px.run(|| {
             Command::new(env!("CARGO_BIN_EXE_mip-proxy"))
                 .arg("--config")
                 .arg(&config)
                 .env("RUST_LOG", "debug")
+                .envs(env)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)

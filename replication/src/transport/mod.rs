@@ -202,6 +202,8 @@ struct PeerState {
 
 struct Shared {
     config: ReplicationConfig,
+    /// The store's replica id (`config.replica_id`, if set, must agree).
+    replica_id: u32,
     store: SharedStore,
     now: NowFn,
     wake: WakeFn,
@@ -225,14 +227,14 @@ struct Shared {
 impl core::fmt::Debug for Shared {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Shared")
-            .field("replica_id", &self.config.replica_id)
+            .field("replica_id", &self.replica_id)
             .finish_non_exhaustive()
     }
 }
 
 impl Shared {
     fn replica_id(&self) -> u32 {
-        self.config.replica_id
+        self.replica_id
     }
 
     fn chunk(&self) -> usize {
@@ -273,7 +275,9 @@ pub struct Replicator {
 
 impl Replicator {
     /// Validates `config`, loads the certificates, binds the listener (errors are returned here), then runs the
-    /// server, the peer clients, digest exchange, certificate reloads and store GC on a runtime of its own.
+    /// server, the peer clients, digest exchange, certificate reloads and store GC on a runtime of its own. The
+    /// replica id is the store's ([`crate::ReplicaStore::replica_id`], nonzero); `config.replica_id`, if set,
+    /// must be the same.
     /// `now` is the daemon's clock; `wake` is called whenever remote changes are waiting in the store.
     pub fn start(
         config: ReplicationConfig,
@@ -281,7 +285,19 @@ impl Replicator {
         now: NowFn,
         wake: WakeFn,
     ) -> Result<Replicator, StartError> {
-        let errors = config.validate();
+        let mut errors = config.validate();
+        // The id the store stamps its versions with is the one the peers must see (a daemon that derived it
+        // from its node address passes a config without one).
+        let replica_id = lock(&store).replica_id();
+        if config.replica_id.is_some_and(|id| id != replica_id) {
+            errors.push(ConfigError::new(
+                "replica_id",
+                format!("differs from the store's replica id {replica_id}"),
+            ));
+        }
+        if replica_id == 0 {
+            errors.push(ConfigError::new("replica_id", "must be nonzero"));
+        }
         if !errors.is_empty() {
             return Err(StartError::Config(errors));
         }
@@ -299,6 +315,7 @@ impl Replicator {
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             config,
+            replica_id,
             store,
             now,
             wake,
