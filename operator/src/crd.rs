@@ -250,8 +250,8 @@ pub enum LogFormat {
     .message("twoBox needs vpnGateways.private (the gateway's private address)"))]
 #[x_kube(validation = Rule::new("self.publicAddress != self.privateAddress")
     .message("publicAddress and privateAddress must differ"))]
-#[x_kube(validation = Rule::new("!has(self.replicas) || self.replicas == 1 || has(self.replication)")
-    .message("more than one replica needs replication settings"))]
+#[x_kube(validation = Rule::new("(has(self.replicas) && self.replicas == 1) || has(self.replication)")
+    .message("more than one replica, or one per node (no replicas), needs replication settings"))]
 #[x_kube(validation = Rule::new("!has(self.replication) || self.replication.port != self.adminPort")
     .message("replication.port and adminPort must differ (both are host ports)"))]
 pub struct MipProxySpec {
@@ -630,9 +630,14 @@ impl MipProxySpec {
             if !(1..=MAX_REPLICAS).contains(&n) {
                 e.push("spec.replicas", format!("must be 1-{MAX_REPLICAS}"));
             }
-            if n > 1 && self.replication.is_none() {
-                e.push("spec.replication", "more than one replica needs replication settings");
-            }
+        }
+        // A DaemonSet (no `replicas`) runs one proxy per selected node: without replication each would hold
+        // its own cache and a node's traffic arriving at another replica would find no binding.
+        if self.replicas != Some(1) && self.replication.is_none() {
+            e.push(
+                "spec.replication",
+                "more than one replica, or one per node (no replicas), needs replication settings",
+            );
         }
         let Some(r) = &self.replication else { return };
         if r.port == 0 {
