@@ -19,6 +19,9 @@ for pkg in strongswan-charon strongswan-swanctl libcharon-extra-plugins libstron
   has_pkg "$pkg" || need_apt+=("$pkg")
 done
 
+# python3 venv for scripts/k8s-tools.sh (Debian's system python needs python3-venv for ensurepip).
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -32,5 +35,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; this project needs the machine's Rust toolchain (1.95)" >&2
   exit 1
 fi
+
+# Kubernetes tooling (helm 3.19.0, kubectl 1.34.5, a venv with kubernetes-validate and kmock) in
+# ${MIP_TOOLS_DIR:-/opt/mip-tools}; needed by the operator's kmock test and scripts/k8s-checks.sh.
+"$(dirname "$0")/k8s-tools.sh"
 
 echo "setup: ok ($(tshark --version 2>/dev/null | head -n1); $(python3 --version); $(cargo --version))"

@@ -12,7 +12,7 @@ scripts/setup.sh
 step "format"
 cargo fmt --all -- --check
 
-step "clippy"
+step "clippy (every target: libraries, binaries, tests, benchmarks, examples)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "docs (broken links are errors)"
@@ -21,11 +21,11 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked -q
 step "tests (unit, vectors, property, Python and tshark cross-checks)"
 cargo test --workspace --locked
 
+step "Kubernetes: CRDs generated, chart lint/render, manifests and samples validated, deploy/ up to date"
+scripts/k8s-checks.sh
+
 step "conformance map matches the tests"
 scripts/gen-conformance.py --check
-
-step "benchmarks compile"
-cargo bench --workspace --locked --no-run
 
 step "fuzz smoke"
 scripts/fuzz-smoke.sh
