@@ -5,3 +5,4 @@ pub mod build;
 pub mod crd;
 pub mod leader;
 pub mod metrics;
+pub mod reconcile;
