@@ -70,6 +70,33 @@ pub struct SystemOptions {
     pub storm_nodes: u32,
     /// `mip-proxy`'s SIGTERM drain (`daemon.drain_ms`): serving, not ready, this long before it exits.
     pub proxy_drain: Duration,
+    /// Run the (single) proxy with a configuration from elsewhere (the operator's ConfigMap) instead of the
+    /// lab's own.
+    pub proxy_override: Option<ProxyOverride>,
+}
+
+/// A `mip-proxy` configuration made elsewhere, run as a pod would run it. Two things change, as the kubelet's
+/// volume mounts and the downward API would: `daemon.keys_file` points at the lab's copy of `keys_yaml` (the
+/// mounted Secret), and the process gets `env` (e.g. `MIP_NODE_ADDRESS`).
+#[derive(Clone, Default)]
+pub struct ProxyOverride {
+    /// `proxy.yaml` as written (a serialised `mip::daemon::ProxyFile`).
+    pub config_yaml: String,
+    /// The keys file (the Secret's `keys.yaml`).
+    pub keys_yaml: String,
+    /// Environment of the proxy process.
+    pub env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for ProxyOverride {
+    /// Never prints the keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyOverride")
+            .field("config_yaml", &self.config_yaml)
+            .field("keys_yaml", &format_args!("<{} bytes>", self.keys_yaml.len()))
+            .field("env", &self.env)
+            .finish()
+    }
 }
 
 impl Default for SystemOptions {
@@ -82,6 +109,7 @@ impl Default for SystemOptions {
             replicas: 3,
             storm_nodes: 0,
             proxy_drain: Duration::ZERO,
+            proxy_override: None,
         }
     }
 }
@@ -228,6 +256,11 @@ impl System {
             }
             Mode::TwoBox | Mode::OneBox => 1,
         };
+        if opts.proxy_override.is_some() && mode == Mode::Replicas {
+            return Err(Error::Usage(
+                "SystemOptions::proxy_override runs one proxy; not in Replicas mode".into(),
+            ));
+        }
         if opts.storm_nodes > plan::STORM_MAX {
             return Err(Error::Usage(format!(
                 "SystemOptions::storm_nodes is {}; {} holds at most {}",
@@ -245,13 +278,7 @@ impl System {
         // Replicas wait for each other's snapshots before they are ready: spawn them all, then wait.
         let mut spawned = Vec::new();
         for i in 0..count {
-            spawned.push(spawn_daemon(
-                lab,
-                &dir,
-                replica_ns(mode, i),
-                "mip-proxy",
-                &proxy_name(mode, i),
-            )?);
+            spawned.push(spawn_proxy(lab, &dir, mode, i, &opts)?);
         }
         let mut proxies = Vec::new();
         for (i, mut guard) in spawned.into_iter().enumerate() {
@@ -349,7 +376,7 @@ impl System {
             return Err(Error::Usage(format!("replica {i} is running")));
         }
         let ns = replica_ns(self.mode, i);
-        let mut guard = spawn_daemon(lab, &self.dir, ns, "mip-proxy", &proxy_name(self.mode, i))?;
+        let mut guard = spawn_proxy(lab, &self.dir, self.mode, i, &self.opts)?;
         wait_ready(lab, &mut guard, ns, "mip-proxy")?;
         *slot = Some(guard);
         Ok(())
@@ -357,8 +384,7 @@ impl System {
 
     /// Spawns replica `i` again without waiting for readiness (to watch it catch up).
     pub fn spawn_replica(&mut self, lab: &Lab, i: usize) -> Result<()> {
-        let ns = replica_ns(self.mode, i);
-        let guard = spawn_daemon(lab, &self.dir, ns, "mip-proxy", &proxy_name(self.mode, i))?;
+        let guard = spawn_proxy(lab, &self.dir, self.mode, i, &self.opts)?;
         match self.proxies.get_mut(i) {
             Some(slot @ None) => {
                 *slot = Some(guard);
@@ -432,12 +458,34 @@ fn start_daemon(lab: &Lab, dir: &Path, ns: &str, bin: &str, name: &str) -> Resul
 }
 
 fn spawn_daemon(lab: &Lab, dir: &Path, ns: &str, bin: &str, name: &str) -> Result<ProcessGuard> {
+    spawn_with_env(lab, dir, ns, bin, name, &[])
+}
+
+/// Proxy replica `i`, with the override's environment if there is one.
+fn spawn_proxy(lab: &Lab, dir: &Path, mode: Mode, i: usize, opts: &SystemOptions) -> Result<ProcessGuard> {
+    let env = opts.proxy_override.as_ref().map_or(&[][..], |o| o.env.as_slice());
+    spawn_with_env(lab, dir, replica_ns(mode, i), "mip-proxy", &proxy_name(mode, i), env)
+}
+
+fn spawn_with_env(
+    lab: &Lab,
+    dir: &Path,
+    ns: &str,
+    bin: &str,
+    name: &str,
+    env: &[(String, String)],
+) -> Result<ProcessGuard> {
     let exe = find_bin(bin)?;
     let config = dir.join(format!("{name}.yaml"));
     let log = dir.join(format!("{name}.log"));
     let exe_s = exe.display().to_string();
     let config_s = config.display().to_string();
-    lab.spawn(ns, &[&exe_s, "--config", &config_s], &log)
+    let argv = [exe_s.as_str(), "--config", config_s.as_str()];
+    let mut cmd = crate::cmd::Cmd::in_ns(&lab.ns(ns), argv);
+    for (k, v) in env {
+        cmd = cmd.env(k, v);
+    }
+    lab.spawn_cmd(&argv.join(" "), cmd, &log)
 }
 
 fn wait_ready(lab: &Lab, guard: &mut ProcessGuard, ns: &str, bin: &str) -> Result<()> {
@@ -527,9 +575,25 @@ pub fn care_of_address(access: Access) -> Ipv4Addr {
     }
 }
 
-fn write_configs(dir: &Path, mode: Mode, replicas: usize, opts: &SystemOptions) -> Result<()> {
-    // Keys: the MN and the HA share the MN-HA SA with the proxy (which acts as the HA toward the MN and as the
-    // MN toward the HA); the FAs share FA-HA SAs with the proxy.
+/// The proxy's keys file in the lab (MN-HA SA of the MN and of every storm node, FA-HA SAs of both FAs): what a
+/// HomeAgent's Secret would hold for this lab.
+pub fn lab_proxy_keys(opts: &SystemOptions) -> String {
+    let (mn_ha, storm) = mn_ha_sas(opts);
+    // FA 2 sits behind NAT 3: its requests reach the proxy from NAT 3's public address, and the proxy finds
+    // its SA by the care-of address in the request (spec §5: FA-HA behind a NAT).
+    format!(
+        "security_associations:\n{mn_ha}{storm}{}{}",
+        fa_ha_sa(plan::FA1_COA),
+        fa_ha_sa(plan::FA2_ROUTED)
+    )
+}
+
+fn fa_ha_sa(peer: Ipv4Addr) -> String {
+    format!("  - peer: {peer}\n    spi: {FA_HA_SPI}\n    key: {FA_HA_KEY}\n")
+}
+
+/// The MN's MN-HA SA and the storm nodes' (keys-file list entries).
+fn mn_ha_sas(opts: &SystemOptions) -> (String, String) {
     let mn_ha = format!(
         "  - home_address: {}\n    spi: {MN_HA_SPI}\n    key: {MN_HA_KEY}\n",
         plan::HOA
@@ -542,23 +606,26 @@ fn write_configs(dir: &Path, mode: Mode, replicas: usize, opts: &SystemOptions) 
             plan::storm_hoa(i)
         ));
     }
+    (mn_ha, storm)
+}
+
+fn write_configs(dir: &Path, mode: Mode, replicas: usize, opts: &SystemOptions) -> Result<()> {
+    // Keys: the MN and the HA share the MN-HA SA with the proxy (which acts as the HA toward the MN and as the
+    // MN toward the HA); the FAs share FA-HA SAs with the proxy.
+    let (mn_ha, storm) = mn_ha_sas(opts);
     let home_networks = if opts.storm_nodes > 0 {
         format!("{}, {}", plan::HOME_NET, plan::STORM_NET)
     } else {
         plan::HOME_NET.to_owned()
     };
-    let fa_ha = |peer: Ipv4Addr| format!("  - peer: {peer}\n    spi: {FA_HA_SPI}\n    key: {FA_HA_KEY}\n");
+    let fa_ha = fa_ha_sa;
     let keys = |name: &str, body: String| -> Result<PathBuf> {
         let p = dir.join(format!("{name}.keys.yaml"));
         write_private(&p, &format!("security_associations:\n{body}"))?;
         Ok(p)
     };
-    // FA 2 sits behind NAT 3: its requests reach the proxy from NAT 3's public address, and the proxy finds
-    // its SA by the care-of address in the request (spec §5: FA-HA behind a NAT).
-    let proxy_keys = keys(
-        "proxy",
-        format!("{mn_ha}{storm}{}{}", fa_ha(plan::FA1_COA), fa_ha(plan::FA2_ROUTED)),
-    )?;
+    let proxy_keys = dir.join("proxy.keys.yaml");
+    write_private(&proxy_keys, &lab_proxy_keys(opts))?;
     let ha_keys = keys("ha", format!("{mn_ha}{storm}"))?;
     let mn_keys = keys("mn", mn_ha)?;
     let fa1_keys = keys("fa1", fa_ha(plan::PROXY_PUBLIC))?;
@@ -637,6 +704,9 @@ dataplane:
         );
         let name = proxy_name(mode, i);
         fs::write(dir.join(format!("{name}.yaml")), proxy).ctx(|| format!("writing {name}.yaml"))?;
+    }
+    if let Some(o) = &opts.proxy_override {
+        write_override(dir, &proxy_name(mode, 0), o)?;
     }
 
     let ha = format!(
@@ -762,4 +832,21 @@ fn openssl_ec_cert(key: &str, crt: &str, subj: &str, extra: &[&str]) -> Result<(
     ];
     argv.extend_from_slice(extra);
     crate::cmd::run(None, &argv).map(drop)
+}
+
+/// Writes an outside configuration as proxy `name`'s: its keys to `name.override-keys.yaml` (0600) and its
+/// `proxy.yaml` with `daemon.keys_file` pointing there (parsed and re-serialised with the daemon's own types, so
+/// nothing else changes).
+fn write_override(dir: &Path, name: &str, o: &ProxyOverride) -> Result<()> {
+    let keys = dir.join(format!("{name}.override-keys.yaml"));
+    write_private(&keys, &o.keys_yaml)?;
+    let mut file: mip::daemon::ProxyFile = mip::config::from_yaml(&o.config_yaml).map_err(|e| {
+        Error::Usage(format!(
+            "the outside proxy.yaml does not load: {}",
+            mip::config::render_errors("proxy.yaml", &e)
+        ))
+    })?;
+    file.daemon.keys_file = keys;
+    let text = serde_norway::to_string(&file).map_err(|e| Error::Usage(format!("serialising proxy.yaml: {e}")))?;
+    fs::write(dir.join(format!("{name}.yaml")), text).ctx(|| format!("writing {name}.yaml"))
 }
