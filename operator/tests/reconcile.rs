@@ -896,3 +896,128 @@ async fn an_unchanged_home_agent_status_is_not_written_again() {
     assert!(r.is_ok());
     finished(ctx, server).await;
 }
+
+// === observing the replicas ===
+
+/// A proxy's admin port: answers every request with `body` as its `/metrics`.
+fn fake_proxy_admin(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// Ready pods are asked for their own report on their admin port; one that does not answer makes the MipProxy
+/// Degraded (ProxyUnreachable), with a Warning event.
+#[tokio::test]
+async fn ready_pods_report_and_an_unreachable_one_is_degraded() {
+    let (ctx, server) = context();
+    let port = fake_proxy_admin("# TYPE mip_bindings gauge\nmip_bindings 5\nmip_replication_peers_connected 1\n");
+    let mut p = proxy("mipproxy-sample.yaml", true);
+    p.spec.replicas = Some(2);
+    p.spec.admin_port = port;
+    p.status = Some(mip_operator::crd::MipProxyStatus {
+        observed_generation: Some(1),
+        ..Default::default()
+    });
+    let base = to_value(&p);
+    let ha1 = home_agent("ha1", "intranet", &["dmz"]);
+    let secret = keys_secret("home-agent-keys", &keys_sample());
+    let pod = |name: &str, ip: &str| {
+        json!({"metadata": {"name": name, "namespace": NS},
+               "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}})
+    };
+    let pods = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+        pod("dmz-a", "127.0.0.1"),
+        // 127.0.0.2 is loopback too, but nothing listens there: refused at once.
+        pod("dmz-b", "127.0.0.2"),
+        {"metadata": {"name": "dmz-c", "namespace": NS},
+         "status": {"podIP": "127.0.0.3", "conditions": [{"type": "Ready", "status": "False"}]}},
+    ]});
+    let script = move |mut s: ApiServer| async move {
+        s.expect(Method::GET, HAS)
+            .await
+            .ok(&list("HomeAgentList", vec![to_value(&ha1)]));
+        s.expect(Method::GET, "/api/v1/namespaces/mip/secrets/home-agent-keys")
+            .await
+            .ok(&to_value(&secret));
+        for path in [
+            "/api/v1/namespaces/mip/serviceaccounts/dmz",
+            "/api/v1/namespaces/mip/configmaps/dmz-config",
+            "/api/v1/namespaces/mip/secrets/dmz-keys",
+            "/api/v1/namespaces/mip/services/dmz-peers",
+            "/apis/policy/v1/namespaces/mip/poddisruptionbudgets/dmz",
+        ] {
+            s.expect(Method::PATCH, path).await.echo();
+        }
+        let c = s
+            .expect(Method::PATCH, "/apis/apps/v1/namespaces/mip/deployments/dmz")
+            .await;
+        let mut d = c.body.clone();
+        d["metadata"]["generation"] = json!(1);
+        d["status"] = json!({"observedGeneration": 1, "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2});
+        c.ok(&d);
+        s.expect(Method::GET, "/apis/apps/v1/namespaces/mip/daemonsets/dmz")
+            .await
+            .not_found();
+        let c = s.expect(Method::GET, "/api/v1/namespaces/mip/pods").await;
+        assert!(
+            c.query.contains("labelSelector=app.kubernetes.io%2Finstance%3Ddmz"),
+            "{}",
+            c.query
+        );
+        c.ok(&pods);
+        let c = s.expect(Method::PATCH, &format!("{MIPP}/dmz/status")).await;
+        let st = &c.body["status"];
+        assert_eq!(
+            (st["replicas"].clone(), st["readyReplicas"].clone()),
+            (json!(2), json!(2))
+        );
+        assert_eq!(st["bindings"], 5);
+        assert_eq!(
+            st["proxies"],
+            json!([{"pod": "dmz-a", "nodeAddress": "127.0.0.1", "bindings": 5, "peersConnected": 1}])
+        );
+        assert_eq!(condition(st, "Ready")["status"], "True");
+        assert_eq!(condition(st, "Progressing")["status"], "False");
+        let degraded = condition(st, "Degraded");
+        assert_eq!(
+            (degraded["status"].as_str(), degraded["reason"].as_str()),
+            (Some("True"), Some("ProxyUnreachable"))
+        );
+        assert!(degraded["message"].as_str().unwrap().contains("dmz-b"));
+        assert_eq!(condition(st, "Replicating")["status"], "Unknown");
+        c.patched(&base);
+        let c = s.expect(Method::POST, EVENTS).await;
+        assert_eq!(
+            (c.body["type"].as_str(), c.body["reason"].as_str()),
+            (Some("Warning"), Some("Degraded"))
+        );
+        assert!(c.body["note"].as_str().unwrap().starts_with("ProxyUnreachable"));
+        c.echo();
+        s
+    };
+    let (r, server) = scenario(
+        server,
+        reconcile::reconcile_proxy(Arc::new(p), Arc::clone(&ctx)),
+        script,
+    )
+    .await;
+    assert_eq!(r.unwrap(), Action::requeue(Duration::from_secs(30)));
+    finished(ctx, server).await;
+}
