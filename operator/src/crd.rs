@@ -626,10 +626,10 @@ impl MipProxySpec {
     }
 
     fn check_replicas(&self, e: &mut Errors) {
-        if let Some(n) = self.replicas {
-            if !(1..=MAX_REPLICAS).contains(&n) {
-                e.push("spec.replicas", format!("must be 1-{MAX_REPLICAS}"));
-            }
+        if let Some(n) = self.replicas
+            && !(1..=MAX_REPLICAS).contains(&n)
+        {
+            e.push("spec.replicas", format!("must be 1-{MAX_REPLICAS}"));
         }
         // A DaemonSet (no `replicas`) runs one proxy per selected node: without replication each would hold
         // its own cache and a node's traffic arriving at another replica would find no binding.
