@@ -27,7 +27,7 @@ use mio::{Events, Interest, Poll, Registry as MioRegistry, Token, Waker};
 use serde::de::DeserializeOwned;
 
 use mip::config::Validate;
-use mip::daemon::{DaemonSettings, LogFormat};
+use mip::daemon::DaemonSettings;
 use mip::keystore::KeyStore;
 use mip::roles::Now;
 use mip::time::Instant;
@@ -319,8 +319,9 @@ struct Args {
 
 /// The whole `main` of the daemon binary `name` (`about`: its `--help` description): parses `--config FILE`,
 /// loads and validates the file (on error: `name: error` on stderr, exit code 2), starts logging in the format
-/// of the file's `daemon` section (`settings`), then calls `run` (on error: logged, exit code 1).
-pub fn main<F: DeserializeOwned + Validate>(
+/// of the file's `daemon` section (`settings`) and trace export if it names an endpoint or the environment does
+/// ([`crate::telemetry`]; flushed when `main` returns), then calls `run` (on error: logged, exit code 1).
+pub fn main<F: DeserializeOwned + Validate + crate::telemetry::TraceIdentity>(
     name: &'static str,
     about: &'static str,
     settings: impl Fn(&F) -> &DaemonSettings,
@@ -331,7 +332,7 @@ pub fn main<F: DeserializeOwned + Validate>(
 
 /// [`main`] with `prepare` applied to the parsed file before it is validated (settings from the environment,
 /// say); an error from `prepare` is printed as `name: error` and exits with code 2, like an invalid file.
-pub fn main_with<F: DeserializeOwned + Validate>(
+pub fn main_with<F: DeserializeOwned + Validate + crate::telemetry::TraceIdentity>(
     name: &'static str,
     about: &'static str,
     prepare: impl FnOnce(&mut F) -> Result<(), String>,
@@ -347,7 +348,7 @@ pub fn main_with<F: DeserializeOwned + Validate>(
             return ExitCode::from(2);
         }
     };
-    let _log = crate::logging::init(settings(&file).log_format == LogFormat::Json);
+    let _telemetry = crate::telemetry::init(name, settings(&file), &file.resource_attributes());
     if let Err(e) = run(file) {
         tracing::error!(error = %e, "{name} failed");
         return ExitCode::FAILURE;
@@ -589,8 +590,9 @@ mod tests {
         DaemonSettings {
             keys_file,
             admin,
-            log_format: LogFormat::Text,
+            log_format: mip::daemon::LogFormat::Text,
             drain_ms,
+            tracing: None,
         }
     }
 

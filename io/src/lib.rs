@@ -6,7 +6,8 @@
 //!   packet: callers count with [`metrics`].
 //! * Control plane: [`net`] (`ip`/sysctl wrappers), [`watch`] (rtnetlink change notifications), [`clock`].
 //! * Process: [`signals`], [`logging`], [`config_file`], [`keys`] (keys file with hot reload), [`admin`] (HTTP
-//!   `/healthz`, `/readyz`, `/metrics`, `/bindings`), [`metrics`] (Prometheus text exposition).
+//!   `/healthz`, `/readyz`, `/metrics`, `/bindings`), [`metrics`] (Prometheus text exposition), [`telemetry`]
+//!   (OTLP trace export of the control plane's spans).
 //!
 //! Linux only. `unsafe` is confined to [`tun`] and [`socket`] (ioctl, socket options, batched syscalls), each
 //! block with a `// SAFETY:` comment; the rest of the crate denies it. Nothing here panics on any input.
@@ -26,6 +27,7 @@ mod rtnl;
 pub mod signals;
 #[allow(unsafe_code)]
 pub mod socket;
+pub mod telemetry;
 #[allow(unsafe_code)]
 pub mod tun;
 pub mod watch;

@@ -10,6 +10,9 @@ use std::io::IsTerminal;
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::registry::LookupSpan;
 
 /// Lines buffered for the writer thread before new ones are dropped.
 pub const QUEUE_LINES: usize = 16_384;
@@ -49,33 +52,55 @@ pub fn init(json: bool) -> LogGuard {
 
 /// As [`init`] with another default filter.
 pub fn init_with(json: bool, default_filter: &str) -> LogGuard {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let (layer, guard, problem) = layer(json, default_filter);
+    let installed = tracing_subscriber::registry().with(layer).try_init().is_ok();
+    if let Some(p) = problem {
+        tracing::warn!("{p}");
+    }
+    guard_if(installed, guard)
+}
+
+/// A [`LogGuard`] holding `guard` when the subscriber it writes for was installed.
+pub(crate) fn guard_if(installed: bool, guard: WorkerGuard) -> LogGuard {
+    LogGuard {
+        _guard: installed.then_some(guard),
+    }
+}
+
+/// The log layer [`init_with`] installs, for a subscriber that adds other layers ([`crate::telemetry`]): its
+/// filter from `RUST_LOG` (else `default_filter`) never lets spans of [`crate::telemetry::TARGET`] through
+/// (they are exported, not logged), the writer guard, and the problem with `RUST_LOG` to log once installed.
+pub(crate) fn layer<S>(
+    json: bool,
+    default_filter: &str,
+) -> (Box<dyn Layer<S> + Send + Sync>, WorkerGuard, Option<String>)
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
     let (filter, problem) = env_filter(default_filter);
+    let filter = filter.and(filter_fn(|m| !m.target().starts_with(crate::telemetry::TARGET)));
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(QUEUE_LINES)
         .thread_name("mip-log")
         .finish(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
-    let installed = if json {
-        builder
-            .json()
+    let layer = if json {
+        fmt.json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init()
-            .is_ok()
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.try_init().is_ok()
+        fmt.with_filter(filter).boxed()
     };
-    if let Some(p) = problem {
-        tracing::warn!("{p}");
-    }
-    LogGuard {
-        _guard: installed.then_some(guard),
-    }
+    (layer, guard, problem)
 }
 
 #[cfg(test)]

@@ -67,6 +67,113 @@ pub struct DaemonSettings {
     /// daemon then waits, not ready, for the SIGTERM that follows and shuts down at once.
     #[serde(default)]
     pub drain_ms: u64,
+    /// Trace export over OTLP/gRPC (`daemon.tracing`); absent: export only when the environment names an
+    /// endpoint ([`TracingSettings`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSettings>,
+}
+
+/// The environment variable naming the OTLP endpoint when `daemon.tracing.endpoint` does not (the OpenTelemetry
+/// standard one; the Kubernetes operator sets it from `MipProxy.spec.telemetry.otlpEndpoint`).
+pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// The traces-only variant of [`OTLP_ENDPOINT_ENV`], which it takes precedence over (OpenTelemetry standard).
+pub const OTLP_TRACES_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+
+fn default_sampling_ratio() -> f64 {
+    1.0
+}
+
+/// Where and how a daemon exports its traces (one trace per registration; nothing per data packet).
+///
+/// The endpoint is, in this order: `endpoint`, the environment variable [`OTLP_TRACES_ENDPOINT_ENV`], then
+/// [`OTLP_ENDPOINT_ENV`] (the configuration wins, as OpenTelemetry SDKs let code override the environment);
+/// none of them set: nothing is exported and no span is even created.
+///
+/// ```yaml
+/// daemon:
+///   tracing:
+///     endpoint: http://otel-collector:4317   # OTLP/gRPC, plain HTTP/2
+///     sampling_ratio: 0.1                    # default 1.0
+///     service_name: mip-proxy                # default: OTEL_SERVICE_NAME, else the daemon's name
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSettings {
+    /// OTLP/gRPC collector, `http://HOST:PORT` (TLS is not built in: use a local collector or a sidecar).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Fraction of registrations traced, 0.0 to 1.0 (default 1.0). Parent-based: a span whose parent was
+    /// sampled (a replication apply span, say) follows its parent's decision.
+    #[serde(default = "default_sampling_ratio")]
+    pub sampling_ratio: f64,
+    /// The `service.name` resource attribute; default: the environment variable `OTEL_SERVICE_NAME`, else the
+    /// daemon's name (`mip-proxy`, `mip-ha`, `mip-fa`, `mip-mn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+}
+
+/// `sampling_ratio` is never NaN in a validated file (and a NaN only makes two settings unequal).
+impl Eq for TracingSettings {}
+
+impl Default for TracingSettings {
+    fn default() -> Self {
+        TracingSettings {
+            endpoint: None,
+            sampling_ratio: default_sampling_ratio(),
+            service_name: None,
+        }
+    }
+}
+
+/// Why `endpoint` is not an OTLP/gRPC endpoint this build can export to, if it is not one: `http://HOST:PORT`
+/// with an optional path (a trailing `/` is fine).
+pub fn otlp_endpoint_problem(endpoint: &str) -> Option<String> {
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return Some(if endpoint.starts_with("https://") {
+            "https is not supported (no TLS in the exporter): use http:// to a local collector or sidecar".into()
+        } else {
+            "must be http://HOST:PORT".into()
+        });
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    // An IPv6 literal is bracketed: [::1]:4317.
+    let (host, port) = match authority.strip_prefix('[').and_then(|a| a.split_once(']')) {
+        Some((h, tail)) => (h, tail.strip_prefix(':')),
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty()
+        || host.contains(':') != authority.starts_with('[')
+        || endpoint.contains(char::is_whitespace)
+        || authority.contains('@')
+    {
+        return Some("must be http://HOST:PORT".into());
+    }
+    match port.map(str::parse::<u16>) {
+        Some(Ok(p)) if p != 0 => None,
+        Some(_) => Some("the port must be 1-65535".into()),
+        None => Some("needs a port (OTLP/gRPC: usually 4317)".into()),
+    }
+}
+
+impl Validate for TracingSettings {
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut e = Vec::new();
+        if let Some(problem) = self.endpoint.as_deref().and_then(otlp_endpoint_problem) {
+            e.push(ConfigError::new("endpoint", problem));
+        }
+        if !(0.0..=1.0).contains(&self.sampling_ratio) {
+            e.push(ConfigError::new("sampling_ratio", "must be 0.0-1.0"));
+        }
+        if let Some(n) = &self.service_name
+            && (n.trim().is_empty() || n.len() > 255)
+        {
+            e.push(ConfigError::new("service_name", "1-255 characters"));
+        }
+        e
+    }
 }
 
 impl Validate for DaemonSettings {
@@ -83,6 +190,9 @@ impl Validate for DaemonSettings {
                 "drain_ms",
                 format!("at most {MAX_DRAIN_MS} (10 minutes); orchestrators kill long before that"),
             ));
+        }
+        if let Some(t) = &self.tracing {
+            e.extend(t.validate().into_iter().map(|x| x.within("tracing")));
         }
         e
     }
@@ -461,5 +571,60 @@ impl Validate for FaFile {
         e.extend(mtu_errors("dataplane.tun_mtu", self.dataplane.tun_mtu));
         e.extend(self.daemon.validate().into_iter().map(|x| x.within("daemon")));
         e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otlp_endpoints() {
+        for ok in [
+            "http://10.10.0.100:4317",
+            "http://otel-collector.observability:4317/",
+            "http://[::1]:4317",
+            "http://localhost:4317/v1",
+        ] {
+            assert_eq!(otlp_endpoint_problem(ok), None, "{ok}");
+        }
+        for (bad, why) in [
+            ("10.10.0.100:4317", "http://"),
+            ("https://c:4317", "https"),
+            ("http://c", "port"),
+            ("http://c:0", "1-65535"),
+            ("http://c:x", "1-65535"),
+            ("http://:4317", "HOST"),
+            ("http://a b:4317", "HOST"),
+            ("http://u@c:4317", "HOST"),
+            ("http://::1:4317", "HOST"),
+        ] {
+            let p = otlp_endpoint_problem(bad).unwrap_or_default();
+            assert!(p.contains(why), "{bad}: {p}");
+        }
+    }
+
+    #[test]
+    fn tracing_section_defaults_and_errors() {
+        let d: DaemonSettings =
+            crate::config::from_yaml("keys_file: k\ntracing:\n  endpoint: http://c:4317\n").unwrap();
+        let t = d.tracing.clone().unwrap_or_default();
+        assert_eq!(t.sampling_ratio, 1.0);
+        assert_eq!((t.endpoint.as_deref(), t.service_name), (Some("http://c:4317"), None));
+        assert!(d.validate().is_empty());
+        let bad = DaemonSettings {
+            tracing: Some(TracingSettings {
+                endpoint: Some("c:4317".into()),
+                sampling_ratio: 1.5,
+                service_name: Some(" ".into()),
+            }),
+            ..d
+        };
+        let fields: Vec<String> = bad.validate().iter().map(|e| e.field.clone()).collect();
+        assert_eq!(
+            fields,
+            ["tracing.endpoint", "tracing.sampling_ratio", "tracing.service_name"]
+        );
+        assert!(crate::config::from_yaml::<DaemonSettings>("keys_file: k\ntracing:\n  endpont: x\n").is_err());
     }
 }

@@ -552,6 +552,8 @@ impl<'a> Ctx<'a> {
                     LogFormat::Text => DaemonLogFormat::Text,
                 },
                 drain_ms: u64::from(s.drain_seconds) * 1000,
+                // Traces: the pods get OTEL_EXPORTER_OTLP_ENDPOINT (spec.telemetry.otlpEndpoint) instead.
+                tracing: None,
             },
             replication: s.replication.as_ref().map(|r| self.replication(r)),
         }

@@ -63,6 +63,7 @@ mod tests {
                 }],
                 tombstone_remaining_ms: 0,
             })),
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
         };
         let msg = PeerMessage {
             body: Some(peer_message::Body::Deltas(Records { records: vec![rec] })),

@@ -7,7 +7,9 @@
 //! * [`setup`]: the kernel state (sysctls, TUNs, routes, the two-box policy rule) and its removal;
 //! * [`metrics`]: the Prometheus series;
 //! * [`bindings`]: the `/bindings` JSON;
-//! * [`replication`]: sharing the binding cache with peer replicas (`replication:`, optional).
+//! * [`replication`]: sharing the binding cache with peer replicas (`replication:`, optional);
+//! * [`traces`]: one trace per registration, exported when `daemon.tracing` or the environment names an OTLP
+//!   endpoint ([`mip_io::telemetry`]).
 //!
 //! ```text
 //! mip-proxy --config /etc/mip/proxy.yaml      # deploy/config/proxy.yaml documents every field
@@ -31,6 +33,7 @@ pub mod metrics;
 pub mod replication;
 pub mod service;
 pub mod setup;
+pub mod traces;
 
 use core::net::Ipv4Addr;
 use std::ffi::OsStr;

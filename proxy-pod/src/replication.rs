@@ -39,7 +39,8 @@ const STATUS_PERIOD: Duration = Duration::from_secs(1);
 pub struct Replication {
     store: SharedStore,
     replicator: Option<Replicator>,
-    changes: Vec<RemoteChange>,
+    /// Remote changes being mirrored, with the `traceparent` of the peer's span that made each traced one.
+    changes: Vec<(RemoteChange, Option<Box<str>>)>,
     /// The last drain hit [`MIRROR_BATCH`]: more are waiting.
     backlog: bool,
     /// Caught up, and everything received up to then is in the relay's cache (latched).
@@ -59,6 +60,22 @@ struct Seen {
 
 fn lock(m: &Mutex<ReplicaStore>) -> MutexGuard<'_, ReplicaStore> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The `apply` span of mirroring `change` (at replica `replica_id`) as a child of the peer's span
+/// `traceparent`: `None` when traces are not exported or the traceparent is unusable.
+fn apply_span(change: &RemoteChange, replica_id: u32, traceparent: &str) -> Option<tracing::Span> {
+    let (what, home_address, nai) = match change {
+        RemoteChange::Bindings { home_address, nai, .. } => ("bindings", home_address, nai),
+        RemoteChange::Removed { home_address, nai } => ("removed", home_address, nai),
+        RemoteChange::Replay { home_address, nai, .. } => ("replay", home_address, nai),
+    };
+    let span = tracing::info_span!(target: "mip_trace", "apply",
+        mip.replicated = what,
+        mip.home_address = %home_address,
+        mip.nai = nai.as_deref(),
+        mip.replica_id = replica_id);
+    mip_io::telemetry::set_remote_parent(&span, traceparent).then_some(span)
 }
 
 /// The order of a node's Identifications: timestamps order registrations, nonces do not.
@@ -121,6 +138,18 @@ impl Replication {
 
     /// Records a binding change the relay made, and the node's replay state, and publishes what changed.
     pub fn publish_change(&mut self, proxy: &Proxy, change: &BindingChange, now: Now) {
+        self.publish_change_traced(proxy, change, now, None);
+    }
+
+    /// [`publish_change`](Self::publish_change) made in the registration trace whose `replicate` span has the
+    /// W3C `traceparent`: the deltas carry it, and the peers' `apply` spans join the trace.
+    pub fn publish_change_traced(
+        &mut self,
+        proxy: &Proxy,
+        change: &BindingChange,
+        now: Now,
+        traceparent: Option<&str>,
+    ) {
         let sa = node_sa(proxy, change.home_address, change.nai.as_deref());
         let order = order_of(sa.map(|(_, s)| s));
         let mut deltas = Vec::with_capacity(2);
@@ -151,7 +180,7 @@ impl Replication {
         }
         if let Some(r) = &self.replicator {
             for d in deltas {
-                r.publish(d);
+                r.publish_traced(d, traceparent);
                 self.metrics.published.inc();
             }
         }
@@ -186,9 +215,12 @@ impl Replication {
         let caught_up = self.replicator.as_ref().is_some_and(Replicator::caught_up);
         {
             let mut store = lock(&self.store);
-            let n = store.take_remote_changes(now.instant, MIRROR_BATCH, &mut changes);
+            let n = store.take_remote_changes_traced(now.instant, MIRROR_BATCH, &mut changes);
+            let replica_id = store.replica_id();
             self.backlog = n >= MIRROR_BATCH;
-            for c in &changes {
+            for (c, traceparent) in &changes {
+                // A change made in a registration's trace: applying it here joins that trace.
+                let _apply = traceparent.as_deref().and_then(|tp| apply_span(c, replica_id, tp));
                 let result = match c {
                     RemoteChange::Bindings {
                         home_address,
@@ -240,7 +272,7 @@ impl Replication {
                 }
             }
         }
-        for c in &changes {
+        for (c, _) in &changes {
             match c {
                 RemoteChange::Bindings {
                     home_address, bindings, ..

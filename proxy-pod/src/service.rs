@@ -45,6 +45,7 @@ use crate::bindings;
 use crate::metrics::{ProxyMetrics, Tunnel};
 use crate::replication::Replication;
 use crate::setup::KernelState;
+use crate::traces::RegistrationTraces;
 
 /// Batches read from one source per readiness event before yielding to the others.
 pub const MAX_ROUNDS: usize = 8;
@@ -188,6 +189,8 @@ struct Core {
     pending_sends: Vec<mip::roles::Transmit>,
     icmp_reports: Vec<IcmpErrorReport>,
     relayed: RelayTimes,
+    /// One trace per registration (issue 7; only while traces are exported).
+    traces: RegistrationTraces,
     /// The Identification of the home-agent reply being handled, to match its outcome to the relay time.
     reply_ident: Option<u64>,
     /// Sharing bindings with peer replicas (`replication:`); `None` for a single replica.
@@ -236,6 +239,11 @@ impl ProxyService {
         let mut core = Core {
             proxy: Proxy::new(p.clone(), ctx.keys.clone(), seed()),
             relayed: RelayTimes::new(
+                p.max_pending.min(65_536),
+                Duration::from_millis(u64::from(p.pending_timeout_ms)),
+            ),
+            traces: RegistrationTraces::new(
+                mip_io::telemetry::active(),
                 p.max_pending.min(65_536),
                 Duration::from_millis(u64::from(p.pending_timeout_ms)),
             ),
@@ -323,12 +331,14 @@ impl Core {
     fn process_outputs(&mut self, now: Now) {
         let mut outputs = core::mem::take(&mut self.outputs);
         for o in outputs.drain(..) {
+            self.traces.output(&o);
             match o {
                 ProxyOutput::Send(t) => self.pending_sends.push(t),
                 ProxyOutput::Relayed {
                     home_address,
                     home_agent,
                     identification,
+                    ..
                 } => {
                     self.relayed.insert(identification);
                     tracing::debug!(%home_address, %home_agent, identification, "request relayed to the home agent");
@@ -368,9 +378,12 @@ impl Core {
                         "binding"
                     );
                     if let Some(r) = &mut self.replication {
-                        r.publish_change(&self.proxy, &c, now);
+                        let trace = self.traces.replicate(&c);
+                        r.publish_change_traced(&self.proxy, &c, now, trace.as_ref().map(|(_, tp)| tp.as_str()));
                     }
                 }
+                // Traces (issue 7) end the relayed request's span here.
+                ProxyOutput::PendingDone { .. } => {}
                 ProxyOutput::Drop(reason) => self.metrics.control_drop(reason),
             }
         }
@@ -394,6 +407,7 @@ impl Core {
             }
         }
         self.pending_sends = sends;
+        self.traces.end_turn();
     }
 
     fn update_gauges(&self) {
@@ -425,6 +439,7 @@ impl Core {
             if r.payload.first() == Some(&TYPE_TUNNEL_DATA) {
                 self.uplink_udp(r, now);
             } else {
+                self.traces.receive(r.src, r.payload);
                 self.handle(now, ProxyInput::FromMobile(r.datagram()));
             }
         }

@@ -390,7 +390,7 @@ fn map_bytes(capacity: usize, elem: usize) -> usize {
     buckets * (elem + 1)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Table {
     Bindings,
     Replay,
@@ -421,6 +421,9 @@ pub struct ReplicaStore {
     digest: Digest,
     /// Keys changed by peers and not yet taken by the daemon (each at most once: the entry's `dirty` flag).
     dirty: VecDeque<(Table, u32)>,
+    /// The `traceparent` of the last remote change of a dirty key, when that change was a traced delta
+    /// ([`apply_remote_traced`](Self::apply_remote_traced)); at most one per entry of `dirty`.
+    traces: HashMap<(Table, u32), Box<str>>,
     /// Tombstones by forget time (lazy: an entry that changed since is skipped).
     tombstone_heap: BinaryHeap<Reverse<(u64, u32)>>,
     live: usize,
@@ -447,6 +450,7 @@ impl ReplicaStore {
             r_nai: HashMap::new(),
             digest: Digest::default(),
             dirty: VecDeque::new(),
+            traces: HashMap::new(),
             tombstone_heap: BinaryHeap::new(),
             live: 0,
             tombstones: 0,
@@ -679,6 +683,27 @@ impl ReplicaStore {
     /// one; `None` when it was not (older, duplicate) or is invalid (no key). The key is then queued for
     /// [`take_remote_changes`](Self::take_remote_changes). The HLC observes the record's version either way.
     pub fn apply_remote(&mut self, delta: &Delta, now: Now) -> Option<Applied> {
+        self.apply_remote_traced(delta, now, None)
+    }
+
+    /// [`apply_remote`](Self::apply_remote) of a delta published in the trace `traceparent` (W3C): when it is
+    /// applied, [`take_remote_changes_traced`](Self::take_remote_changes_traced) hands the traceparent out with the
+    /// key's change (a later untraced change of the same key, before the daemon took it, drops it).
+    pub fn apply_remote_traced(&mut self, delta: &Delta, now: Now, traceparent: Option<&str>) -> Option<Applied> {
+        let (applied, table, slot) = self.apply_remote_at(delta, now)?;
+        match traceparent {
+            Some(t) => {
+                self.traces.insert((table, slot), t.into());
+            }
+            None => {
+                self.traces.remove(&(table, slot));
+            }
+        }
+        Some(applied)
+    }
+
+    /// [`apply_remote`](Self::apply_remote), also returning where the record went.
+    fn apply_remote_at(&mut self, delta: &Delta, now: Now) -> Option<(Applied, Table, u32)> {
         self.hlc.observe(delta.version().hlc);
         let now = now.instant;
         match delta {
@@ -710,8 +735,8 @@ impl ReplicaStore {
                         Applied::Removed,
                     ),
                 };
-                self.b_write(slot, &id, r.home_address, r.nai.as_deref(), r.version, content, true)?;
-                Some(applied)
+                let s = self.b_write(slot, &id, r.home_address, r.nai.as_deref(), r.version, content, true)?;
+                Some((applied, Table::Bindings, s))
             }
             Delta::Replay(r) => {
                 let id = r.id()?;
@@ -721,7 +746,7 @@ impl ReplicaStore {
                 {
                     return None;
                 }
-                self.r_write(
+                let s = self.r_write(
                     slot,
                     &id,
                     r.home_address,
@@ -731,7 +756,7 @@ impl ReplicaStore {
                     r.state,
                     true,
                 )?;
-                Some(Applied::Replay)
+                Some((Applied::Replay, Table::Replay, s))
             }
         }
     }
@@ -854,6 +879,21 @@ impl ReplicaStore {
     /// (a key changed several times appears once). Returns how many were added. The daemon calls it when the
     /// replicator wakes it and mirrors each change into its own binding cache and replay state.
     pub fn take_remote_changes(&mut self, now: Instant, max: usize, out: &mut Vec<RemoteChange>) -> usize {
+        self.take_remote(now, max, |c, _| out.push(c))
+    }
+
+    /// [`take_remote_changes`](Self::take_remote_changes) with the `traceparent` of each change that came in a
+    /// traced delta ([`apply_remote_traced`](Self::apply_remote_traced)).
+    pub fn take_remote_changes_traced(
+        &mut self,
+        now: Instant,
+        max: usize,
+        out: &mut Vec<(RemoteChange, Option<Box<str>>)>,
+    ) -> usize {
+        self.take_remote(now, max, |c, t| out.push((c, t)))
+    }
+
+    fn take_remote(&mut self, now: Instant, max: usize, mut push: impl FnMut(RemoteChange, Option<Box<str>>)) -> usize {
         let mut n = 0;
         while n < max {
             let Some((table, slot)) = self.dirty.pop_front() else {
@@ -884,8 +924,9 @@ impl ReplicaStore {
                     }
                 }),
             };
+            let trace = self.traces.remove(&(table, slot));
             if let Some(c) = change {
-                out.push(c);
+                push(c, trace);
                 n += 1;
             }
         }

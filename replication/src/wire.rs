@@ -128,7 +128,20 @@ pub fn delta_to_pb(d: &Delta) -> pb::Record {
             version: Some(version_to_pb(r.version)),
         }),
     };
-    pb::Record { kind: Some(kind) }
+    pb::Record {
+        kind: Some(kind),
+        traceparent: String::new(),
+    }
+}
+
+/// The longest `traceparent` kept from a record (version 00 has 55 characters; later versions may append).
+pub const MAX_TRACEPARENT: usize = 128;
+
+/// The record's `traceparent`, if it has a plausible one: non-empty, at most [`MAX_TRACEPARENT`] printable ASCII
+/// characters (the trace library parses it).
+pub fn traceparent_of(r: &pb::Record) -> Option<&str> {
+    let t = r.traceparent.as_str();
+    (!t.is_empty() && t.len() <= MAX_TRACEPARENT && t.bytes().all(|b| b.is_ascii_graphic())).then_some(t)
 }
 
 /// A record from its protobuf form; refuses missing fields, out-of-range values, a live record without bindings
@@ -244,6 +257,21 @@ mod tests {
         for d in [live, tomb, replay] {
             assert_eq!(delta_from_pb(&delta_to_pb(&d)).unwrap(), d);
         }
+        // The trace context travels beside the record; only a plausible one is kept.
+        let mut r = delta_to_pb(&Delta::Binding(BindingRecord {
+            home_address: Ipv4Addr::new(10, 10, 1, 50),
+            nai: None,
+            version: v,
+            state: BindingState::Tombstone { remaining_ms: 1 },
+        }));
+        assert_eq!(traceparent_of(&r), None);
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        r.traceparent = tp.into();
+        assert_eq!(traceparent_of(&r), Some(tp));
+        r.traceparent = "00 bad".into();
+        assert_eq!(traceparent_of(&r), None);
+        r.traceparent = "0".repeat(MAX_TRACEPARENT + 1);
+        assert_eq!(traceparent_of(&r), None);
         let mut digest = Digest::default();
         digest.buckets[7] = 99;
         digest.records = 1;
@@ -261,6 +289,7 @@ mod tests {
                 bindings: vec![],
                 tombstone_remaining_ms: 0,
             })),
+            traceparent: String::new(),
         };
         assert_eq!(delta_from_pb(&r), Err(WireError::Missing("home_address or nai")));
         if let Some(pb::record::Kind::Binding(b)) = &mut r.kind {
@@ -269,7 +298,10 @@ mod tests {
         }
         assert_eq!(delta_from_pb(&r), Err(WireError::Range("bindings")));
         assert_eq!(
-            delta_from_pb(&pb::Record { kind: None }),
+            delta_from_pb(&pb::Record {
+                kind: None,
+                traceparent: String::new()
+            }),
             Err(WireError::Missing("kind"))
         );
         assert!(

@@ -296,14 +296,38 @@ pub enum ProxyInput<'a> {
 pub enum ProxyOutput {
     /// Send a datagram.
     Send(Transmit),
-    /// A request was relayed to a home agent (for traces and relay-latency metrics).
+    /// A request was relayed to a home agent (for traces and relay-latency metrics). A [`ProxyOutput::PendingDone`]
+    /// with the same node and Identification follows in a later call, unless a retransmission of the request
+    /// (same node, same Identification) is relayed again first.
     Relayed {
-        /// The node.
+        /// The node (as in the request: 0.0.0.0 when it asks for an address).
         home_address: Ipv4Addr,
         /// The actual HA.
         home_agent: Ipv4Addr,
         /// Its Identification.
         identification: u64,
+        /// The node's NAI, if the request carried one (lossy UTF-8).
+        nai: Option<Box<str>>,
+        /// The request's care-of address.
+        care_of_address: Ipv4Addr,
+        /// Whether a NAT was detected between the node and the proxy (RFC 3519).
+        nat_detected: bool,
+    },
+    /// A relayed request left the pending list: the home agent's reply matched it, an ICMP error reported its
+    /// home agent unreachable, or it timed out (for traces). Comes before the outputs it causes (bindings, the
+    /// reply to the node, or the drop); `home_address`, `nai` and `identification` are those of its
+    /// [`ProxyOutput::Relayed`].
+    PendingDone {
+        /// The node, as in the request.
+        home_address: Ipv4Addr,
+        /// The node's NAI, as in [`ProxyOutput::Relayed`].
+        nai: Option<Box<str>>,
+        /// The request's Identification.
+        identification: u64,
+        /// The home agent it was relayed to.
+        home_agent: Ipv4Addr,
+        /// What ended it.
+        end: PendingEnd,
     },
     /// A binding changed.
     Binding(BindingChange),
@@ -311,6 +335,22 @@ pub enum ProxyOutput {
     Outcome(RegistrationOutcome),
     /// An input was dropped.
     Drop(DropReason),
+}
+
+/// What ended a pending request ([`ProxyOutput::PendingDone`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingEnd {
+    /// The home agent's authenticated reply, with the HA's code (the node's may differ: NAI checks, no binding).
+    Reply(ReplyCode),
+    /// An ICMP Destination Unreachable about the home agent (RFC 792 code).
+    Unreachable(u8),
+    /// No reply within `pending_timeout_ms`.
+    Timeout,
+}
+
+/// A node's NAI as text for outputs (lossy UTF-8: an NAI is not checked for UTF-8 on the wire).
+fn nai_text(nai: Option<&[u8]>) -> Option<Box<str>> {
+    nai.map(|n| String::from_utf8_lossy(n).into())
 }
 
 /// One node's state for replication between proxy replicas ([`Proxy::apply_replicated`]).
@@ -375,6 +415,19 @@ struct Pending {
     fa: Option<(Ipv4Addr, Spi)>,
     ha_parameter: bool,
     expires: Instant,
+}
+
+impl Pending {
+    /// The [`ProxyOutput::PendingDone`] for this request.
+    fn done(&self, end: PendingEnd) -> ProxyOutput {
+        ProxyOutput::PendingDone {
+            home_address: self.home_address,
+            nai: nai_text(self.nai.as_deref()),
+            identification: self.identification,
+            home_agent: self.home_agent,
+            end,
+        }
+    }
 }
 
 /// The MIP Proxy relay.
@@ -673,6 +726,7 @@ impl Proxy {
         let relayed_lifetime = capped.max(others);
 
         // 13. Pending entry, then the relayed request.
+        let nat_detected = tunnel.nat_detected;
         if self.pending_count >= self.config.max_pending && !self.is_pending(&mn, r.identification) {
             return Err(DropReason::PendingFull);
         }
@@ -708,6 +762,9 @@ impl Proxy {
             home_address: r.home_address,
             home_agent,
             identification: r.identification,
+            nai: nai_text(nai),
+            care_of_address: r.care_of_address,
+            nat_detected,
         });
         Ok(())
     }
@@ -976,6 +1033,7 @@ impl Proxy {
         }
         let sa = sa.clone();
         let p = self.take_pending(low, matches).ok_or(DropReason::NoPendingRequest)?;
+        out.push(p.done(PendingEnd::Reply(rr.code)));
 
         // 3. NAI checks (NV01 §7.2, VT02 §2.6.3).
         let vt02 = self.config.reply_codes == CodeSet::Vt02;
@@ -1318,6 +1376,7 @@ impl Proxy {
             out.push(ProxyOutput::Drop(DropReason::StaleIcmpError));
         }
         for p in hit {
+            out.push(p.done(PendingEnd::Unreachable(icmp_code)));
             let Ok(sa) = self.mn_sa(p.home_address, p.nai.as_deref(), p.spi.get()).cloned() else {
                 continue;
             };
@@ -1358,10 +1417,8 @@ impl Proxy {
                 break;
             }
             self.pending_timeouts.pop_front();
-            if self
-                .take_pending(low, |p| p.identification == ident && p.expires <= now.instant)
-                .is_some()
-            {
+            if let Some(p) = self.take_pending(low, |p| p.identification == ident && p.expires <= now.instant) {
+                out.push(p.done(PendingEnd::Timeout));
                 out.push(ProxyOutput::Drop(DropReason::PendingTimeout));
             }
         }

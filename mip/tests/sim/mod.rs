@@ -1281,7 +1281,7 @@ impl Sim {
                     self.note(format!("proxy drop: {r}"));
                     self.obs.drop("proxy", r);
                 }
-                ProxyOutput::Relayed { .. } | ProxyOutput::Outcome(_) => {}
+                ProxyOutput::Relayed { .. } | ProxyOutput::PendingDone { .. } | ProxyOutput::Outcome(_) => {}
             }
         }
     }

@@ -483,3 +483,51 @@ fn heap_bytes_per_record() {
     assert!(per <= 160, "{per} bytes per record");
     assert_eq!(size_of::<Stored>(), 40);
 }
+
+/// A traced delta hands its traceparent out with the key's change, once; an untraced later change of the same
+/// key (before the daemon took it) drops it; a refused (older) delta changes nothing.
+#[test]
+fn traced_remote_changes_carry_their_traceparent() {
+    const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut a = ReplicaStore::new(1);
+    let mut b = ReplicaStore::new(2);
+    let d1 = a
+        .apply_local(
+            &change(BindingChangeKind::Created, HOA, binding(COA1, 10, 600, 0)),
+            IdentOrder::Timestamp,
+            now(0),
+        )
+        .unwrap();
+    assert_eq!(b.apply_remote_traced(&d1, now(1), Some(TP)), Some(Applied::Bindings));
+    // The same delta again is not applied and keeps the trace.
+    assert_eq!(b.apply_remote_traced(&d1, now(1), None), None);
+    let mut out = Vec::new();
+    assert_eq!(b.take_remote_changes_traced(now(2).instant, 10, &mut out), 1);
+    assert!(
+        matches!(&out[..], [(RemoteChange::Bindings { .. }, Some(t))] if &**t == TP),
+        "{out:?}"
+    );
+    // Taken once.
+    out.clear();
+    assert_eq!(b.take_remote_changes_traced(now(2).instant, 10, &mut out), 0);
+    // Traced, then overwritten by an untraced newer change before the daemon looked: no trace.
+    let d2 = a
+        .apply_local(
+            &change(BindingChangeKind::Created, HOA, binding(COA2, 11, 600, 3)),
+            IdentOrder::Timestamp,
+            now(3),
+        )
+        .unwrap();
+    let d3 = a
+        .apply_local(
+            &change(BindingChangeKind::Removed, HOA, binding(COA2, 11, 600, 3)),
+            IdentOrder::Timestamp,
+            now(4),
+        )
+        .unwrap();
+    b.apply_remote_traced(&d2, now(5), Some(TP)).unwrap();
+    b.apply_remote(&d3, now(5)).unwrap();
+    assert_eq!(b.take_remote_changes_traced(now(6).instant, 10, &mut out), 1);
+    assert!(matches!(&out[..], [(_, None)]), "{out:?}");
+    assert!(b.traces.is_empty());
+}

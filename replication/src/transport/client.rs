@@ -285,8 +285,10 @@ fn apply(shared: &Shared, addr: SocketAddr, records: &pb::Records, kind: Kind, p
     let mut applied = 0u64;
     {
         let mut store = lock(&shared.store);
-        for d in &deltas {
-            if store.apply_remote(d, now).is_some() {
+        for (d, traceparent) in &deltas {
+            // Only a delta belongs to the trace of the change it carries.
+            let traceparent = traceparent.filter(|_| kind == Kind::Delta);
+            if store.apply_remote_traced(d, now, traceparent).is_some() {
                 applied += 1;
             }
         }
@@ -302,7 +304,7 @@ fn apply(shared: &Shared, addr: SocketAddr, records: &pb::Records, kind: Kind, p
             p.status.repairs_received += deltas.len() as u64;
         }
         if kind == Kind::Delta {
-            for d in &deltas {
+            for (d, _) in &deltas {
                 let v = match d {
                     Delta::Binding(r) => r.version,
                     Delta::Replay(r) => r.version,

@@ -170,9 +170,12 @@ pub struct ShutdownReport {
     pub flushed: usize,
 }
 
+/// A published delta with the `traceparent` of the span that made it, if any; shared by every subscriber queue.
+type Outgoing = Arc<(Delta, Option<Box<str>>)>;
+
 #[derive(Debug, Default)]
 struct SubQueue {
-    deltas: VecDeque<Arc<Delta>>,
+    deltas: VecDeque<Outgoing>,
     /// Overflowed: the next send is a fresh snapshot.
     overflow: bool,
 }
@@ -358,8 +361,14 @@ impl Replicator {
     /// Queues a delta from [`ReplicaStore::apply_local`] for every subscriber. Never blocks on the network: a
     /// subscriber whose queue is full is switched to a fresh snapshot instead.
     pub fn publish(&self, delta: Delta) {
+        self.publish_traced(delta, None);
+    }
+
+    /// [`publish`](Self::publish) with the W3C `traceparent` of the span that made the change (a registration's
+    /// trace): it travels with the delta (`Record.traceparent`), not with snapshots or repairs.
+    pub fn publish_traced(&self, delta: Delta, traceparent: Option<&str>) {
         self.shared.published.fetch_add(1, Ordering::Relaxed);
-        let delta = Arc::new(delta);
+        let delta = Arc::new((delta, traceparent.map(Into::into)));
         let subs = lock(&self.shared.subscribers).clone();
         for s in subs {
             let mut q = lock(&s.queue);

@@ -247,7 +247,7 @@ async fn send_snapshot(shared: &Shared, sub: &Subscriber, tx: &Out) -> Result<()
 /// Sends queued deltas (or a fresh snapshot after an overflow) until the queue is empty.
 async fn drain(shared: &Shared, sub: &Subscriber, tx: &Out) -> Result<(), StreamEnd> {
     loop {
-        let (batch, resnapshot): (Vec<Arc<crate::record::Delta>>, bool) = {
+        let (batch, resnapshot): (Vec<super::Outgoing>, bool) = {
             let mut q = lock(&sub.queue);
             if q.overflow {
                 *q = SubQueue::default();
@@ -266,7 +266,16 @@ async fn drain(shared: &Shared, sub: &Subscriber, tx: &Out) -> Result<(), Stream
             return Ok(());
         }
         let records = pb::Records {
-            records: batch.iter().map(|d| delta_to_pb(d)).collect(),
+            records: batch
+                .iter()
+                .map(|d| {
+                    let mut r = delta_to_pb(&d.0);
+                    if let Some(tp) = &d.1 {
+                        r.traceparent = tp.to_string();
+                    }
+                    r
+                })
+                .collect(),
         };
         sub.deltas_sent
             .fetch_add(records.records.len() as u64, Ordering::Relaxed);
@@ -399,13 +408,14 @@ async fn flush(
     }
 }
 
-/// Records of a `Records` message, decoded (invalid ones are skipped and counted in the returned error count).
-pub(super) fn decode(records: &pb::Records) -> (Vec<crate::record::Delta>, usize) {
+/// Records of a `Records` message, decoded with their `traceparent` if they carry a plausible one (invalid
+/// records are skipped and counted in the returned error count).
+pub(super) fn decode(records: &pb::Records) -> (Vec<(crate::record::Delta, Option<&str>)>, usize) {
     let mut out = Vec::with_capacity(records.records.len());
     let mut bad = 0;
     for r in &records.records {
         match delta_from_pb(r) {
-            Ok(d) => out.push(d),
+            Ok(d) => out.push((d, crate::wire::traceparent_of(r))),
             Err(e) => {
                 bad += 1;
                 tracing::debug!("replication: invalid record: {e}");
