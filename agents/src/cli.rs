@@ -2,7 +2,7 @@
 //!
 //! Exit status: [`EXIT_OK`] (0); [`EXIT_MALFORMED`] (1) when a message is malformed or a registration is denied;
 //! [`EXIT_USAGE`] (2) for usage errors, bad hex, unreadable capture or configuration files;
-//! [`EXIT_UNREACHABLE`] (3) when no reply came.
+//! [`EXIT_UNREACHABLE`] (3) when no reply came, or (`bindings`, `status`) a daemon's admin address did not answer.
 
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -41,6 +41,24 @@ pub enum Command {
     Register(RegisterArgs),
     /// Print the bindings a daemon holds, from its admin address.
     Bindings(BindingsArgs),
+    /// One screen per daemon from its admin address: role, version, uptime, bindings, replication peers, recent
+    /// registrations with their codes, last errors, drops.
+    Status(StatusArgs),
+}
+
+/// Arguments of `mipctl status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A daemon's admin address (host:port); repeat it, or give a comma-separated list, for several daemons.
+    #[arg(long, value_name = "ADDR", value_delimiter = ',', default_value = "127.0.0.1:9434")]
+    pub admin: Vec<std::net::SocketAddr>,
+    /// Print each daemon's status as one JSON object per line (its `/status` with "admin" added; a daemon that
+    /// did not answer is {"admin", "error"}).
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds to wait for each daemon.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub timeout: u64,
 }
 
 /// Arguments of `mipctl register`.
@@ -238,6 +256,7 @@ pub fn run_with(cli: Cli, stdin: &mut dyn Read, out: &mut dyn Write, err: &mut d
     let result = match cli.command {
         Command::Decode(args) => decode(args, stdin, out),
         Command::Register(args) => register(&args, out),
+        Command::Status(args) => status(&args, out),
         Command::Bindings(args) => {
             crate::register::admin_get(args.admin, "/bindings", std::time::Duration::from_secs(5))
                 .map_err(Failure::unreachable)
@@ -287,6 +306,31 @@ impl Failure {
             message,
         }
     }
+}
+
+/// `mipctl status`: exit 0 when every daemon answered, 3 otherwise (the others are shown all the same).
+fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<u8, Failure> {
+    use crate::status::{fetch, json_line, render};
+    let timeout = std::time::Duration::from_secs(args.timeout.max(1));
+    let mut code = EXIT_OK;
+    let mut text = String::new();
+    for (i, admin) in args.admin.iter().enumerate() {
+        let result = fetch(*admin, timeout);
+        if result.is_err() {
+            code = EXIT_UNREACHABLE;
+        }
+        if args.json {
+            writeln!(out, "{}", json_line(*admin, &result)).map_err(|e| Failure::output(&e))?;
+        } else {
+            text.clear();
+            if i > 0 {
+                text.push('\n');
+            }
+            render(*admin, &result, &mut text);
+            out.write_all(text.as_bytes()).map_err(|e| Failure::output(&e))?;
+        }
+    }
+    Ok(code)
 }
 
 /// `mipctl register`: exit 0 when accepted, 1 when denied, 3 when no reply came.
@@ -432,6 +476,47 @@ mod tests {
         let (code, _, err) = run_args(&["decode", "0300"], b"");
         assert_eq!(code, EXIT_MALFORMED);
         assert_eq!(err, "error: truncated at byte offset 2\n");
+    }
+
+    /// `--admin` repeats or takes a list; a daemon that does not answer is reported (text and JSON) with exit
+    /// status 3, after the others.
+    #[test]
+    fn status_of_unreachable_daemons() {
+        let cli = Cli::try_parse_from([
+            "mipctl",
+            "status",
+            "--admin",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--admin",
+            "127.0.0.1:3",
+        ])
+        .unwrap();
+        let Command::Status(a) = &cli.command else {
+            panic!("status")
+        };
+        assert_eq!(a.admin.len(), 3);
+        let cli = Cli::try_parse_from(["mipctl", "status"]).unwrap();
+        let Command::Status(a) = &cli.command else {
+            panic!("status")
+        };
+        assert_eq!(
+            a.admin,
+            vec!["127.0.0.1:9434".parse().unwrap()],
+            "the daemons' default admin address"
+        );
+        // Port 1 on loopback: nothing listens there.
+        let (code, out, err) = run_args(&["status", "--admin", "127.0.0.1:1", "--timeout", "1"], b"");
+        assert_eq!((code, err.as_str()), (EXIT_UNREACHABLE, ""));
+        assert!(
+            out.starts_with("127.0.0.1:1: unreachable: connect 127.0.0.1:1: "),
+            "{out}"
+        );
+        let (code, out, _) = run_args(&["status", "--json", "--admin", "127.0.0.1:1,127.0.0.1:1"], b"");
+        assert_eq!(code, EXIT_UNREACHABLE);
+        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["admin"], "127.0.0.1:1");
+        assert!(lines[0]["error"].as_str().unwrap().contains("connect"), "{out}");
     }
 
     #[test]

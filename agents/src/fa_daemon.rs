@@ -37,12 +37,15 @@
 //! Downlink, the decapsulated packet is written to the TUN: the kernel forwards it along `HoA/32 dev <visited>`
 //! to the static neighbour entry (TTL − 1, as any router). The TUN is otherwise only the reverse path.
 //!
-//! # Metrics
+//! # Metrics and status
 //! `mip_registrations_total{role="fa",code}` (replies sent to visitors), `mip_drops_total{path="control"|"data",
 //! reason}`, `mip_visitors`, `mip_pending_requests`, `mip_advertisements_total`, `mip_solicitations_total`,
 //! `mip_tunnel_packets_total` / `mip_tunnel_bytes_total{direction="up"|"down",encapsulation="ipip"|"udp"}`,
-//! `mip_keepalives_total{event="sent"|"answered"}`, `mip_link_resolutions_total`, `mip_send_errors_total{socket}`,
-//! `mip_kernel_errors_total`.
+//! `mip_tunnel_mtu_bytes{encapsulation}` (the TUN's MTU), `mip_keepalives_total{result="sent"|"answered"}`,
+//! `mip_link_resolutions_total`, `mip_send_errors_total{socket}`, `mip_kernel_errors_total` (docs/metrics.md).
+//! `/status` (role `fa`) adds `bindings` (= `visitors`), `visitors` and `pending_requests`; every registration
+//! outcome, control-plane drop (with its sender when known), failed relay send and failed kernel command is
+//! recorded for its `recent_registrations` / `last_errors`.
 //!
 //! # Decisions
 //! * The visitor's MAC is read from the neighbour table (the node's ARP request for the FA's address created the
@@ -57,7 +60,7 @@
 //!   source address, and port for UDP) to the visitor's care-of address; everything else is dropped
 //!   (`path="data"`).
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::io;
@@ -80,6 +83,7 @@ use mip::wire::icmp::{self, IcmpPacket, IcmpRepr};
 use mip::wire::ipv4::{self, Ipv4Packet, Ipv4Repr, protocol};
 use mip::wire::tunnel::{self, TunnelDataPacket, TunnelDataRepr};
 use mip::wire::{ErrorKind, ReplyCode};
+use mip_io::admin::Recorder;
 use mip_io::batch::{BUFFER_SIZE, DEFAULT_BATCH, RecvBatch, SendBatch};
 use mip_io::clock::Clock;
 use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service, filled};
@@ -456,7 +460,7 @@ const PACKETS: &str = "Packets through the tunnels toward home agents.";
 const BYTES: &str = "Inner packet bytes through the tunnels toward home agents.";
 const TRAFFIC: [&str; 2] = [PACKETS, BYTES];
 const SEND_ERRORS: &str = "Datagrams or packets the kernel refused to send, by socket.";
-const KEEPALIVES: &str = "RFC 3519 keepalives sent, and echo replies received.";
+const KEEPALIVES: &str = "RFC 3519 keepalives, by result (sent, answered: echo replies received).";
 
 /// Control-plane drop reasons registered at start (the foreign agent's, plus [`NO_LINK_ADDRESS`]).
 const CONTROL_DROPS: &[DropReason] = &[
@@ -528,13 +532,19 @@ struct FaMetrics {
 }
 
 impl FaMetrics {
-    fn new(registry: Arc<Registry>) -> Result<FaMetrics, MetricsError> {
+    /// Registers every series at 0; the MTU gauges show `tun_mtu`.
+    fn new(registry: Arc<Registry>, tun_mtu: u16) -> Result<FaMetrics, String> {
+        crate::ha_daemon::tunnel_mtu(&registry, tun_mtu)?;
+        Self::series(registry).map_err(|e| format!("metrics: {e}"))
+    }
+
+    fn series(registry: Arc<Registry>) -> Result<FaMetrics, MetricsError> {
         let r = &*registry;
         let mut control: Vec<&'static str> = CONTROL_DROPS.iter().map(|d| d.as_str()).collect();
         control.push(NO_LINK_ADDRESS);
         let data: Vec<&'static str> = DataDrop::ALL.iter().map(|d| d.as_str()).collect();
         let send = |socket: &'static str| r.counter("mip_send_errors_total", SEND_ERRORS, &[("socket", socket)]);
-        let keepalive = |event: &'static str| r.counter("mip_keepalives_total", KEEPALIVES, &[("event", event)]);
+        let keepalive = |result: &'static str| r.counter("mip_keepalives_total", KEEPALIVES, &[("result", result)]);
         Ok(FaMetrics {
             registrations: ReplyCodes::new(
                 Arc::clone(&registry),
@@ -991,6 +1001,8 @@ struct Core {
     neigh: NetWatcher,
     keepalive_seq: u16,
     outer_ttl: u8,
+    /// Recent registrations and errors for `/status`.
+    status: Recorder,
 }
 
 /// The `mip-fa` service.
@@ -1012,7 +1024,7 @@ impl FaService {
     /// Installs the kernel state, opens the sockets and creates the foreign agent. Nothing is left behind on
     /// error.
     pub fn new(file: &FaFile, ctx: &Context) -> Result<FaService, String> {
-        let metrics = FaMetrics::new(Arc::clone(&ctx.metrics)).map_err(|e| e.to_string())?;
+        let metrics = FaMetrics::new(Arc::clone(&ctx.metrics), file.dataplane.tun_mtu)?;
         let mut kernel = KernelState::install(file)?;
         let sockets = match Sockets::open(file) {
             Ok(s) => s,
@@ -1062,6 +1074,7 @@ impl FaService {
                 neigh,
                 keepalive_seq: 0,
                 outer_ttl: d.outer_ttl,
+                status: ctx.status.clone(),
             },
             bufs: Buffers {
                 visited: batch(),
@@ -1104,18 +1117,30 @@ impl Core {
     // === control plane ===
 
     fn handle(&mut self, now: Now, input: FaInput<'_>) {
+        let peer = match &input {
+            FaInput::FromMobile { dg, .. } | FaInput::FromNetwork(dg) => Some(SocketAddr::V4(dg.src)),
+            _ => None,
+        };
         self.fa.handle(now, input, &mut self.outputs);
-        self.process_outputs();
+        self.process_outputs(peer);
     }
 
     fn kernel_errors(&self, errors: Vec<NetError>, what: &str) {
         for e in errors {
             self.metrics.kernel_errors.inc();
+            self.status.error("kernel", None, format_args!("{what}: {e}"));
             tracing::warn!(error = %e, "{what}");
         }
     }
 
-    fn process_outputs(&mut self) {
+    /// Counts a control-plane drop and records it for `/status`.
+    fn control_drop(&self, reason: &'static str, peer: Option<SocketAddr>) {
+        self.metrics.control_drop(reason);
+        self.status.drop(reason, peer);
+    }
+
+    /// Carries out the outputs of one input (from `peer`, if it came from the network).
+    fn process_outputs(&mut self, peer: Option<SocketAddr>) {
         let mut outputs = core::mem::take(&mut self.outputs);
         for o in outputs.drain(..) {
             match o {
@@ -1127,6 +1152,7 @@ impl Core {
                     let sent = sock.map_or(Err(io::ErrorKind::NotFound.into()), |s| s.send_transmit(&t));
                     if let Err(e) = sent {
                         self.metrics.send_errors.network.inc();
+                        self.status.error("send_failed", Some(SocketAddr::V4(t.dst)), &e);
                         tracing::debug!(error = %e, src = %t.src, dst = %t.dst, "relaying a registration message");
                     }
                 }
@@ -1158,6 +1184,12 @@ impl Core {
                 FaOutput::SendKeepalive { src, dst } => self.send_keepalive(src, dst),
                 FaOutput::Outcome(o) => {
                     self.metrics.registration(o.code);
+                    let nai = self
+                        .fa
+                        .visitors()
+                        .find(|v| v.home_address == o.home_address && !o.home_address.is_unspecified())
+                        .and_then(|v| v.nai.as_deref());
+                    self.status.outcome(&o, nai);
                     tracing::info!(
                         home_address = %o.home_address,
                         care_of_address = %o.care_of_address,
@@ -1168,7 +1200,7 @@ impl Core {
                         "registration"
                     );
                 }
-                FaOutput::Drop(reason) => self.metrics.control_drop(reason.as_str()),
+                FaOutput::Drop(reason) => self.control_drop(reason.as_str(), peer),
             }
         }
         self.outputs = outputs;
@@ -1272,7 +1304,7 @@ impl Core {
                     self.handle(now, FaInput::FromMobile { dg, link_src: mac });
                 }
                 _ if p.until <= now.instant => {
-                    self.metrics.control_drop(NO_LINK_ADDRESS);
+                    self.control_drop(NO_LINK_ADDRESS, Some(SocketAddr::V4(p.src)));
                     tracing::debug!(src = %p.src, "no link-layer address for a request; dropped");
                 }
                 _ => {
@@ -1304,15 +1336,14 @@ impl Core {
             return false;
         };
         for _ in 0..batch.truncated() {
-            self.metrics
-                .control_drop(DropReason::Malformed(ErrorKind::BadLength).as_str());
+            self.control_drop(DropReason::Malformed(ErrorKind::BadLength).as_str(), None);
         }
         let dev = self.kernel.visited.clone();
         for r in batch.iter() {
             let dg = r.datagram();
             let src = *dg.src.ip();
             if src.is_unspecified() {
-                self.metrics.control_drop(NO_LINK_ADDRESS);
+                self.control_drop(NO_LINK_ADDRESS, Some(SocketAddr::V4(dg.src)));
                 continue;
             }
             match net::neigh_lladdr(src, &dev) {
@@ -1336,7 +1367,7 @@ impl Core {
             return;
         }
         if self.parked.len() >= MAX_PARKED {
-            self.metrics.control_drop(NO_LINK_ADDRESS);
+            self.control_drop(NO_LINK_ADDRESS, Some(SocketAddr::V4(dg.src)));
             return;
         }
         self.metrics.link_resolutions.inc();
@@ -1417,7 +1448,7 @@ impl Core {
                     self.metrics.solicitations.inc();
                     self.handle(now, FaInput::Solicitation { src });
                 }
-                Icmp::BadSolicitation(kind) => self.metrics.control_drop(DropReason::Malformed(kind).as_str()),
+                Icmp::BadSolicitation(kind) => self.control_drop(DropReason::Malformed(kind).as_str(), None),
                 Icmp::Other => {}
             }
         }
@@ -1546,6 +1577,19 @@ impl Service for FaService {
         visitors_json(self.core.fa.visitors(), self.clock.instant()).to_string()
     }
 
+    fn role(&self) -> &'static str {
+        "fa"
+    }
+
+    fn status_json(&self) -> Value {
+        let visitors = self.core.fa.visitors().count();
+        json!({
+            "bindings": visitors,
+            "visitors": visitors,
+            "pending_requests": self.core.fa.pending_count(),
+        })
+    }
+
     fn shutdown(&mut self) {
         self.core.flush();
         self.core.kernel.remove();
@@ -1563,6 +1607,20 @@ mod tests {
     use mip::wire::udp::UdpRepr;
 
     const HOA: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 50);
+
+    /// Every series `mip-fa` registers is listed in docs/metrics.md under its section.
+    #[test]
+    fn metrics_are_documented() {
+        let r = Arc::new(Registry::new());
+        let _m = FaMetrics::new(Arc::clone(&r), 1468).unwrap();
+        mip_io::metrics::check_documented(&r, include_str!("../../docs/metrics.md"), "mip-fa").unwrap();
+        let text = r.render();
+        assert!(text.contains("mip_keepalives_total{result=\"sent\"} 0\n"), "{text}");
+        assert!(
+            text.contains("mip_tunnel_mtu_bytes{encapsulation=\"ipip\"} 1468\n"),
+            "{text}"
+        );
+    }
     const COA: Ipv4Addr = Ipv4Addr::new(198, 51, 101, 2);
     const PROXY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
     const GW: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);

@@ -26,15 +26,19 @@
 //! the path after encapsulation is dropped (`too_big`): keep `tun_mtu` ≤ path MTU − 32. Nothing is logged per
 //! packet (one info line per registration outcome).
 //!
-//! # Metrics
+//! # Metrics and status
 //! `mip_registrations_total{role="ha", code}`, `mip_bindings`, `mip_tunnel_packets_total` /
 //! `mip_tunnel_bytes_total{direction="down"|"up", encapsulation="ipip"|"udp"}` (down = toward mobile nodes),
+//! `mip_tunnel_mtu_bytes{encapsulation}` (the TUN's MTU: larger inner packets never reach the tunnel),
 //! `mip_drops_total{path="down"|"up"|"control", reason}`, `mip_keepalives_total{result="answered"}`,
-//! `mip_icmp_errors_total`.
+//! `mip_icmp_errors_total` (docs/metrics.md). `/status` (role `ha`) adds `bindings`, `address` and `tun`; every
+//! registration outcome, control-plane drop (with its sender), failed reply send and failed intercept route is
+//! recorded for its `recent_registrations` / `last_errors`.
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::collections::BTreeSet;
 use std::io;
+use std::sync::Arc;
 
 use mio::{Interest, Registry as MioRegistry, Token};
 
@@ -48,9 +52,10 @@ use mip::time::Instant;
 use mip::wire::tunnel;
 use mip::wire::udp::MIP_PORT;
 use mip_io::Clock;
+use mip_io::admin::Recorder;
 use mip_io::batch::RecvBatch;
 use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service, filled};
-use mip_io::metrics::{Counter, DropCounters};
+use mip_io::metrics::{Counter, DropCounters, Registry};
 use mip_io::net::{self, Route};
 use mip_io::socket::{IcmpErrorReport, RawSocket, UdpSocket};
 use mip_io::tun::Tun;
@@ -98,6 +103,57 @@ struct Metrics {
     keepalives: Counter,
 }
 
+impl Metrics {
+    /// Registers every series of `mip-ha` (besides the skeleton's) at 0; the MTU gauges show `tun_mtu`.
+    fn new(registry: &Arc<Registry>, tun_mtu: u16) -> Result<Metrics, String> {
+        let common = CommonMetrics::new(registry, "ha")?;
+        tunnel_mtu(registry, tun_mtu)?;
+        registered_at_zero(registry, "ha")?;
+        Ok(Metrics {
+            common,
+            down_drops: CommonMetrics::drops(registry, "down", DOWN_REASONS)?,
+            up_drops: CommonMetrics::drops(registry, "up", UP_REASONS)?,
+            keepalives: registry
+                .counter(
+                    "mip_keepalives_total",
+                    "RFC 3519 keepalives, by result.",
+                    &[("result", "answered")],
+                )
+                .map_err(|e| format!("metrics: {e}"))?,
+        })
+    }
+}
+
+/// `mip_tunnel_mtu_bytes{encapsulation}` of an agent whose inner packets come out of a TUN: its MTU for both
+/// encapsulations (a larger packet never enters the tunnel; the kernel fragments it or answers "fragmentation
+/// needed" first).
+pub(crate) fn tunnel_mtu(registry: &Registry, tun_mtu: u16) -> Result<(), String> {
+    for encapsulation in ["ipip", "udp"] {
+        registry
+            .gauge(
+                "mip_tunnel_mtu_bytes",
+                "Largest inner packet a tunnel carries (agents: the TUN's MTU), by encapsulation.",
+                &[("encapsulation", encapsulation)],
+            )
+            .map_err(|e| format!("metrics: {e}"))?
+            .set(i64::from(tun_mtu));
+    }
+    Ok(())
+}
+
+/// Registers `mip_registrations_total{role, code="0"}` at 0, so acceptances show before the first one (the
+/// other codes appear when first counted). Same help text as [`CommonMetrics`]' series.
+pub(crate) fn registered_at_zero(registry: &Registry, role: &'static str) -> Result<(), String> {
+    registry
+        .counter(
+            "mip_registrations_total",
+            "Registration outcomes by reply code.",
+            &[("role", role), ("code", "0")],
+        )
+        .map(drop)
+        .map_err(|e| format!("metrics: {e}"))
+}
+
 /// Everything but the receive batch (so a batch can be iterated while the rest is mutated).
 struct Core {
     ha: HomeAgent,
@@ -117,6 +173,8 @@ struct Core {
     enabled_forwarding: bool,
     ident: u16,
     m: Metrics,
+    /// Recent registrations and errors for `/status`.
+    status: Recorder,
 }
 
 /// The `mip-ha` service plugged into [`mip_io::daemon::run`].
@@ -159,19 +217,7 @@ impl HaService {
             .map_err(|e| format!("UDP {bind}: {e} (ha.address must be configured in this namespace)"))?;
         let ipip = RawSocket::ipip().map_err(|e| format!("raw IP-in-IP socket: {e}"))?;
         let sender = RawSocket::sender().map_err(|e| format!("raw sender socket: {e}"))?;
-        let registry = &ctx.metrics;
-        let m = Metrics {
-            common: CommonMetrics::new(registry, "ha")?,
-            down_drops: CommonMetrics::drops(registry, "down", DOWN_REASONS)?,
-            up_drops: CommonMetrics::drops(registry, "up", UP_REASONS)?,
-            keepalives: registry
-                .counter(
-                    "mip_keepalives_total",
-                    "RFC 3519 keepalives, by result.",
-                    &[("result", "answered")],
-                )
-                .map_err(|e| format!("metrics: {e}"))?,
-        };
+        let m = Metrics::new(&ctx.metrics, dp.tun_mtu)?;
         tracing::info!(
             address = %address, tun = %tun.name(), mtu = dp.tun_mtu,
             home_link = dp.home_link.as_deref().unwrap_or("-"), "home agent ready"
@@ -193,6 +239,7 @@ impl HaService {
                 enabled_forwarding,
                 ident: 0,
                 m,
+                status: ctx.status.clone(),
             },
             batch: RecvBatch::default(),
         })
@@ -255,6 +302,18 @@ impl Service for HaService {
         self.core.bindings_json().to_string()
     }
 
+    fn role(&self) -> &'static str {
+        "ha"
+    }
+
+    fn status_json(&self) -> Value {
+        json!({
+            "bindings": self.core.ha.bindings().len(),
+            "address": self.core.address.to_string(),
+            "tun": self.core.tun.name(),
+        })
+    }
+
     fn shutdown(&mut self) {
         let c = &mut self.core;
         for hoa in std::mem::take(&mut c.intercepted) {
@@ -272,14 +331,22 @@ impl Service for HaService {
 impl Core {
     /// Feeds the home agent and carries out what it asks for.
     fn handle(&mut self, now: Now, input: HaInput<'_>) {
+        let peer = match &input {
+            HaInput::Request(d) => Some(SocketAddr::V4(d.src)),
+            HaInput::Tick => None,
+        };
         let mut out = std::mem::take(&mut self.out);
         out.clear();
+        // Ends when the reply is sent (end of this function).
+        let trace = crate::traces::ha_request(&input);
         self.ha.handle(now, input, &mut out);
         for o in out.drain(..) {
+            crate::traces::ha_output(trace.as_ref(), &o);
             match o {
                 HaOutput::Send(t) => {
                     if let Err(e) = self.udp.send_transmit(&t) {
                         self.m.common.control_drops.inc("send_failed");
+                        self.status.error("send_failed", Some(SocketAddr::V4(t.dst)), &e);
                         tracing::warn!(dst = %t.dst, error = %e, "sending a registration reply failed");
                     }
                 }
@@ -301,6 +368,8 @@ impl Core {
                 }
                 HaOutput::Outcome(o) => {
                     self.m.common.registration(o.code.value());
+                    let nai = self.ha.bindings().get_by_home(o.home_address).and_then(|e| e.nai());
+                    self.status.outcome(&o, nai);
                     tracing::info!(
                         home_address = %o.home_address,
                         care_of_address = %o.care_of_address,
@@ -313,6 +382,7 @@ impl Core {
                 }
                 HaOutput::Drop(r) => {
                     self.m.common.control_drops.inc(r.as_str());
+                    self.status.drop(r.as_str(), peer);
                 }
             }
         }
@@ -328,6 +398,7 @@ impl Core {
             return;
         };
         if let Err(e) = net::route_replace_with(&route) {
+            self.status.error("intercept_route", None, format_args!("{hoa}: {e}"));
             tracing::error!(home_address = %hoa, error = %e, "cannot route the home address into the TUN");
             return;
         }
@@ -605,6 +676,23 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use mip::binding::TunnelEndpoint;
+
+    /// Every series `mip-ha` registers is listed in docs/metrics.md under its section.
+    #[test]
+    fn metrics_are_documented() {
+        let r = Arc::new(Registry::new());
+        let _m = Metrics::new(&r, 1468).unwrap();
+        mip_io::metrics::check_documented(&r, include_str!("../../docs/metrics.md"), "mip-ha").unwrap();
+        let text = r.render();
+        assert!(
+            text.contains("mip_registrations_total{role=\"ha\",code=\"0\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mip_tunnel_mtu_bytes{encapsulation=\"udp\"} 1468\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn binding_json_fields() {

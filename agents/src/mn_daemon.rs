@@ -35,16 +35,18 @@
 //! * SIGTERM: the routes are removed and the TUN (with the HoA) disappears with the process. No deregistration is
 //!   sent: the binding expires at the agent (a restart re-registers at once).
 //!
-//! # Metrics
+//! # Metrics and status
 //! `mip_registrations_total{role="mn", code}` (authenticated replies, and local failures: 78 gave up, 131 no SA),
 //! `mip_handoffs_total`, `mip_gateway_changes_total`, `mip_keepalives_total{result="sent"|"answered"}`,
 //! `mip_tunnel_packets_total` / `mip_tunnel_bytes_total{direction="up"|"down", encapsulation="ipip"|"udp"}`,
-//! `mip_drops_total{path="up"|"down"|"control", reason}`, `mip_bindings` (1 while registered),
-//! `mip_icmp_errors_total`.
+//! `mip_tunnel_mtu_bytes{encapsulation}` (the TUN's MTU), `mip_drops_total{path="up"|"down"|"control", reason}`,
+//! `mip_bindings` (1 while registered), `mip_icmp_errors_total` (docs/metrics.md). `/status` (role `mn`) adds
+//! `bindings` and `mobile_node` (what `/bindings` shows); every outcome (and local failure) and control-plane drop
+//! is recorded for its `recent_registrations` / `last_errors`.
 //!
 //! Nothing is logged per packet: one info line per attachment change and per registration outcome.
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use core::time::Duration;
 use std::collections::HashMap;
 use std::io;
@@ -62,9 +64,10 @@ use mip::wire::ipv4::{self, Ipv4Packet, Ipv4Repr, protocol};
 use mip::wire::tunnel;
 use mip::wire::{AgentAdvertisementRepr, AgentSolicitation, MobilityAgentFlags};
 use mip_io::Clock;
+use mip_io::admin::{Recorder, RegistrationRecord};
 use mip_io::batch::RecvBatch;
 use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service, filled};
-use mip_io::metrics::{Counter, DropCounters};
+use mip_io::metrics::{Counter, DropCounters, Registry};
 use mip_io::net::{self, Route};
 use mip_io::socket::{IcmpErrorReport, RawSocket, UdpOptions, UdpSocket};
 use mip_io::tun::Tun;
@@ -310,6 +313,36 @@ struct Metrics {
     gateway_changes: Counter,
 }
 
+impl Metrics {
+    /// Registers every series of `mip-mn` (besides the skeleton's) at 0; the MTU gauges show `tun_mtu`.
+    fn new(registry: &std::sync::Arc<Registry>, tun_mtu: u16) -> Result<Metrics, String> {
+        let counter = |name: &'static str, help: &'static str, labels: &[(&'static str, &str)]| {
+            registry.counter(name, help, labels).map_err(metric_err)
+        };
+        const KEEPALIVES: &str = "RFC 3519 keepalives, by result.";
+        let common = CommonMetrics::new(registry, "mn")?;
+        crate::ha_daemon::tunnel_mtu(registry, tun_mtu)?;
+        crate::ha_daemon::registered_at_zero(registry, "mn")?;
+        Ok(Metrics {
+            common,
+            up_drops: CommonMetrics::drops(registry, "up", UP_REASONS)?,
+            down_drops: CommonMetrics::drops(registry, "down", DOWN_REASONS)?,
+            keepalives_sent: counter("mip_keepalives_total", KEEPALIVES, &[("result", "sent")])?,
+            keepalives_answered: counter("mip_keepalives_total", KEEPALIVES, &[("result", "answered")])?,
+            handoffs: counter(
+                "mip_handoffs_total",
+                "Attachments to a new link, gateway or care-of address after the first one.",
+                &[],
+            )?,
+            gateway_changes: counter(
+                "mip_gateway_changes_total",
+                "Gateway MAC changes with the same care-of address (re-registrations, RFC 3519 §5.1).",
+                &[],
+            )?,
+        })
+    }
+}
+
 struct Core {
     node: MobileNode,
     hoa: Ipv4Addr,
@@ -340,7 +373,11 @@ struct Core {
     routes: RouteMode,
     keepalive_seq: u16,
     ident: u16,
+    /// Registration attempts as trace spans (issue 7; only while traces are exported).
+    traces: crate::traces::MnTraces,
     m: Metrics,
+    /// Recent registrations and errors for `/status`.
+    status: Recorder,
 }
 
 /// The `mip-mn` service plugged into [`mip_io::daemon::run`].
@@ -392,28 +429,7 @@ impl MnService {
         let sender = RawSocket::sender().map_err(|e| format!("raw sender socket: {e}"))?;
         let solicit_sender = RawSocket::sender().map_err(|e| format!("raw sender socket: {e}"))?;
         let watcher = NetWatcher::new().map_err(|e| format!("rtnetlink: {e}"))?;
-        let registry = &ctx.metrics;
-        let counter = |name: &'static str, help: &'static str, labels: &[(&'static str, &str)]| {
-            registry.counter(name, help, labels).map_err(metric_err)
-        };
-        const KEEPALIVES: &str = "RFC 3519 keepalives, by result.";
-        let m = Metrics {
-            common: CommonMetrics::new(registry, "mn")?,
-            up_drops: CommonMetrics::drops(registry, "up", UP_REASONS)?,
-            down_drops: CommonMetrics::drops(registry, "down", DOWN_REASONS)?,
-            keepalives_sent: counter("mip_keepalives_total", KEEPALIVES, &[("result", "sent")])?,
-            keepalives_answered: counter("mip_keepalives_total", KEEPALIVES, &[("result", "answered")])?,
-            handoffs: counter(
-                "mip_handoffs_total",
-                "Attachments to a new link, gateway or care-of address after the first one.",
-                &[],
-            )?,
-            gateway_changes: counter(
-                "mip_gateway_changes_total",
-                "Gateway MAC changes with the same care-of address (re-registrations, RFC 3519 §5.1).",
-                &[],
-            )?,
-        };
+        let m = Metrics::new(&ctx.metrics, dp.tun_mtu)?;
         let mut core = Core {
             node,
             hoa,
@@ -442,7 +458,9 @@ impl MnService {
             routes: RouteMode::Absent,
             keepalive_seq: 0,
             ident: 0,
+            traces: crate::traces::MnTraces::default(),
             m,
+            status: ctx.status.clone(),
         };
         core.apply_routes(RouteMode::Tun);
         tracing::info!(
@@ -543,6 +561,17 @@ impl Service for MnService {
         self.core.bindings_json().to_string()
     }
 
+    fn role(&self) -> &'static str {
+        "mn"
+    }
+
+    fn status_json(&self) -> Value {
+        json!({
+            "bindings": self.core.m.common.bindings.get(),
+            "mobile_node": self.core.bindings_json(),
+        })
+    }
+
     fn shutdown(&mut self) {
         self.core.apply_routes(RouteMode::Absent);
         tracing::info!("mobile node stopped (no deregistration sent; the binding expires at the agent)");
@@ -554,15 +583,21 @@ impl Core {
 
     /// Feeds the node and carries out what it asks for.
     fn feed(&mut self, now: Now, input: MnInput<'_>) {
+        let peer = match &input {
+            MnInput::Reply(d) => Some(SocketAddr::V4(d.src)),
+            _ => None,
+        };
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         self.node.handle(now, input, &mut out);
         let replied = out.iter().any(|o| matches!(o, MnOutput::Outcome(_)));
         for o in out.drain(..) {
+            self.traces.output(&o, replied);
             match o {
                 MnOutput::Send(t) => {
                     if let Err(e) = self.udp.send_transmit(&t) {
                         self.m.common.control_drops.inc("send_failed");
+                        self.status.error("send_failed", Some(SocketAddr::V4(t.dst)), &e);
                         tracing::debug!(dst = %t.dst, error = %e, "registration request not sent");
                     }
                 }
@@ -579,11 +614,22 @@ impl Core {
                     // Denials also come with an Outcome (counted and logged there); these are local failures.
                     if !replied {
                         self.m.common.registration(code.value());
+                        self.status.registration(RegistrationRecord {
+                            at: std::time::SystemTime::now(),
+                            home_address: self.node.home_address(),
+                            nai: None,
+                            care_of_address: self.session.map_or(Ipv4Addr::UNSPECIFIED, |s| s.care_of_address),
+                            home_agent: Some(self.home_agent),
+                            code: code.value(),
+                            lifetime: 0,
+                            nat_detected: false,
+                        });
                         tracing::warn!(code = code.value(), "registration failed: {}", code.description());
                     }
                 }
                 MnOutput::Outcome(o) => {
                     self.m.common.registration(o.code.value());
+                    self.status.outcome(&o, None);
                     let result = if !o.code.is_accepted() {
                         "denied"
                     } else if o.lifetime == 0 {
@@ -602,6 +648,7 @@ impl Core {
                 }
                 MnOutput::Drop(r) => {
                     self.m.common.control_drops.inc(r.as_str());
+                    self.status.drop(r.as_str(), peer);
                 }
             }
         }
@@ -1163,6 +1210,23 @@ mod tests {
     const HOA: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 50);
     const MAC1: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const MAC2: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+    /// Every series `mip-mn` registers is listed in docs/metrics.md under its section.
+    #[test]
+    fn metrics_are_documented() {
+        let r = std::sync::Arc::new(Registry::new());
+        let _m = Metrics::new(&r, 1400).unwrap();
+        mip_io::metrics::check_documented(&r, include_str!("../../docs/metrics.md"), "mip-mn").unwrap();
+        let text = r.render();
+        assert!(
+            text.contains("mip_registrations_total{role=\"mn\",code=\"0\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mip_tunnel_mtu_bytes{encapsulation=\"ipip\"} 1400\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn private_and_shared_care_of_addresses_are_expected_behind_a_nat() {

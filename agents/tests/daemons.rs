@@ -389,6 +389,55 @@ fn ha_binds_intercepts_tunnels_and_deregisters() {
     let proxy = lab.ip(&h, "neigh show proxy");
     assert!(proxy.contains("10.10.1.50 dev hl"), "{proxy}");
 
+    // `mipctl status --json` from the HA's admin address: role, bindings, the registration with its code.
+    let status_out = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            h.as_str(),
+            env!("CARGO_BIN_EXE_mipctl"),
+            "status",
+            "--admin",
+            ADMIN,
+            "--json",
+        ],
+    );
+    let st: Value = serde_json::from_str(status_out.trim()).unwrap_or_else(|e| panic!("{e}: {status_out}"));
+    assert_eq!(st["admin"], ADMIN, "{st}");
+    assert_eq!(st["role"], "ha", "{st}");
+    assert_eq!(st["ready"], true, "{st}");
+    assert_eq!(st["bindings"], 1, "{st}");
+    assert_eq!(st["address"], "10.10.1.1", "{st}");
+    let last = &st["recent_registrations"][0];
+    assert_eq!(last["home_address"], "10.10.1.50", "{st}");
+    assert_eq!(last["care_of_address"], "192.0.2.10", "{st}");
+    assert_eq!(last["code"], 0, "{st}");
+    assert_eq!(last["accepted"], true, "{st}");
+    assert_eq!(last["lifetime"], 120, "{st}");
+    // The text screen says the same.
+    let screen = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            h.as_str(),
+            env!("CARGO_BIN_EXE_mipctl"),
+            "status",
+            "--admin",
+            ADMIN,
+        ],
+    );
+    assert!(
+        screen.starts_with(&format!("mip-ha (ha) at {ADMIN}: version ")),
+        "{screen}"
+    );
+    assert!(screen.contains("  bindings 1\n"), "{screen}");
+    assert!(
+        screen.contains(" 10.10.1.50  care-of 192.0.2.10  HA 10.10.1.1  code 0 "),
+        "{screen}"
+    );
+
     // CN -> HoA: the CN's ARP is answered by the HA, the packet comes out IP-in-IP at the care-of address.
     let cap = raw_in(&m, protocol::IPIP);
     let cn = udp_in(&c, "0.0.0.0:9999");

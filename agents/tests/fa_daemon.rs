@@ -1038,9 +1038,9 @@ fn scenario_d_behind_nat_udp_tunnel_and_keepalives() {
     });
     assert_eq!((ka_src, ka_inner), (from, HOA));
     wait_for(Duration::from_secs(2), "the keepalive reply", || {
-        (metric(&fa, "mip_keepalives_total{event=\"answered\"}") >= 1.0).then_some(())
+        (metric(&fa, "mip_keepalives_total{result=\"answered\"}") >= 1.0).then_some(())
     });
-    assert!(metric(&fa, "mip_keepalives_total{event=\"sent\"}") >= 1.0);
+    assert!(metric(&fa, "mip_keepalives_total{result=\"sent\"}") >= 1.0);
 
     lab.stop_fa();
     let (route, neigh, rule) = visitor_state(&lab, &fa);

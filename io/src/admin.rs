@@ -1,5 +1,5 @@
-//! The admin HTTP server: `GET /healthz`, `/readyz`, `/metrics`, `/bindings`, `/drain` on its own thread (a
-//! current-thread tokio runtime running axum over hyper), so the daemons' event loops stay synchronous.
+//! The admin HTTP server: `GET /healthz`, `/readyz`, `/metrics`, `/bindings`, `/status`, `/drain` on its own
+//! thread (a current-thread tokio runtime running axum over hyper), so the daemons' event loops stay synchronous.
 //!
 //! | route | answer |
 //! |---|---|
@@ -7,6 +7,7 @@
 //! | `GET /readyz` | 200 `ready` / 503 `not ready` from [`AdminState::ready`] |
 //! | `GET /metrics` | [`AdminState::metrics`] as `text/plain; version=0.0.4; charset=utf-8` |
 //! | `GET /bindings` | [`AdminState::bindings_json`] as `application/json` |
+//! | `GET /status` | [`AdminState::status_json`] as `application/json` (what `mipctl status` shows); 404 without one |
 //! | `GET /drain` | starts the drain ([`Drain`]), answers 200 `drained` when it is over; 503 when [`MAX_DRAIN_WAITERS`] already wait; 404 without [`AdminState::drain`] |
 //! | other paths | 404; other methods on these paths: 405 |
 //!
@@ -24,13 +25,20 @@
 //! [`Requests`] lets an [`AdminState`] ask the daemon's single-threaded event loop for data it owns (the binding
 //! cache) through a bounded channel and a [`mio::Waker`], waiting at most 2 s, instead of sharing locks with the
 //! data path.
+//!
+//! [`Recorder`] keeps what `/status` lists besides counters: the last [`STATUS_ENTRIES`] registration outcomes
+//! and the last [`STATUS_ENTRIES`] errors (control-plane drops with their peer, and the control-path failures a
+//! daemon logs at warn or error level: a failed key reload, a refused send, a kernel command). Both are bounded
+//! rings fed on the control plane only; data-plane drops are counted, never recorded one by one.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -39,6 +47,9 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use mip::roles::RegistrationOutcome;
+use mip::wire::ReplyCode;
+use serde_json::{Value, json};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::metrics::CONTENT_TYPE;
@@ -68,6 +79,11 @@ pub trait AdminState: Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// The bindings as a JSON document (`/bindings`).
     fn bindings_json(&self) -> String;
+    /// The daemon's status as a JSON object (`/status`; [`crate::daemon`] documents its fields); default none:
+    /// `/status` is 404.
+    fn status_json(&self) -> Option<String> {
+        None
+    }
     /// The daemon's drain control (`/drain`); default none: `/drain` is 404. Called on the async thread: return
     /// at once, never block.
     fn drain(&self) -> Option<&Drain> {
@@ -115,6 +131,14 @@ async fn bindings(State(state): State<SharedState>) -> Response {
     }
 }
 
+async fn status(State(state): State<SharedState>) -> Response {
+    match blocking(state, |s| s.status_json()).await {
+        Some(Some(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Some(None) => not_found().await.into_response(),
+        None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
 async fn drain(State(state): State<SharedState>, Extension(holding): Extension<Holding>) -> Response {
     let Some(drain) = state.drain() else {
         return not_found().await.into_response();
@@ -142,6 +166,7 @@ fn router(state: SharedState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/bindings", get(bindings))
+        .route("/status", get(status))
         .route("/drain", get(drain))
         .fallback(not_found)
         .with_state(state)
@@ -497,6 +522,244 @@ impl<T, Q> RequestQueue<T, Q> {
     }
 }
 
+// === status: recent registrations and errors ===
+
+/// Entries each ring of a [`Recorder`] keeps (newest first on `/status`).
+pub const STATUS_ENTRIES: usize = 32;
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One registration outcome (a reply this daemon sent, or for a mobile node the reply it got).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationRecord {
+    /// When.
+    pub at: SystemTime,
+    /// The node's home address (0.0.0.0 while unassigned).
+    pub home_address: Ipv4Addr,
+    /// The node's NAI, when the daemon knows it.
+    pub nai: Option<String>,
+    /// The care-of address of the request.
+    pub care_of_address: Ipv4Addr,
+    /// The home agent involved, if known.
+    pub home_agent: Option<Ipv4Addr>,
+    /// The reply code.
+    pub code: u8,
+    /// The lifetime in the reply.
+    pub lifetime: u16,
+    /// Whether a NAT was detected between the node and this daemon.
+    pub nat_detected: bool,
+}
+
+impl RegistrationRecord {
+    /// The record of a role's [`RegistrationOutcome`], now.
+    pub fn from_outcome(o: &RegistrationOutcome, nai: Option<&str>) -> RegistrationRecord {
+        RegistrationRecord {
+            at: SystemTime::now(),
+            home_address: o.home_address,
+            nai: nai.map(str::to_owned),
+            care_of_address: o.care_of_address,
+            home_agent: o.home_agent,
+            code: u8::from(o.code),
+            lifetime: o.lifetime,
+            nat_detected: o.nat_detected,
+        }
+    }
+
+    /// As `/status` lists it: `{"at_unix_ms", "home_address", "nai", "care_of_address", "home_agent", "code",
+    /// "code_text", "accepted", "lifetime", "nat_detected"}`.
+    pub fn to_json(&self) -> Value {
+        let code = ReplyCode::from(self.code);
+        json!({
+            "at_unix_ms": unix_ms(self.at),
+            "home_address": self.home_address.to_string(),
+            "nai": self.nai,
+            "care_of_address": self.care_of_address.to_string(),
+            "home_agent": self.home_agent.map(|a| a.to_string()),
+            "code": self.code,
+            "code_text": code.description(),
+            "accepted": code.is_accepted(),
+            "lifetime": self.lifetime,
+            "nat_detected": self.nat_detected,
+        })
+    }
+}
+
+/// What kind of error an [`ErrorRecord`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A control-plane input dropped (`what` is the `mip_drops_total` reason).
+    Drop,
+    /// A failure on the control path that the daemon also logged at warn or error level.
+    Error,
+}
+
+impl ErrorKind {
+    /// `drop` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Drop => "drop",
+            ErrorKind::Error => "error",
+        }
+    }
+}
+
+/// One error, or a run of identical ones in a row (same kind, `what`, peer and detail: counted, not repeated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorRecord {
+    /// The first of the run.
+    pub first: SystemTime,
+    /// The last of the run.
+    pub last: SystemTime,
+    /// How many in a row.
+    pub count: u64,
+    /// Drop or error.
+    pub kind: ErrorKind,
+    /// The drop reason (a `mip_drops_total` label) or a short name of the failure (`keys_reload`, …).
+    pub what: Cow<'static, str>,
+    /// Who sent the dropped input, or whom the failure concerns, when known.
+    pub peer: Option<SocketAddr>,
+    /// The error message, if any.
+    pub detail: Option<String>,
+}
+
+impl ErrorRecord {
+    /// As `/status` lists it: `{"at_unix_ms" (the last), "first_unix_ms", "count", "kind", "what", "peer",
+    /// "detail"}`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "at_unix_ms": unix_ms(self.last),
+            "first_unix_ms": unix_ms(self.first),
+            "count": self.count,
+            "kind": self.kind.as_str(),
+            "what": self.what,
+            "peer": self.peer.map(|p| p.to_string()),
+            "detail": self.detail,
+        })
+    }
+}
+
+/// The two rings behind a [`Recorder`].
+#[derive(Debug)]
+struct StatusLog {
+    registrations: VecDeque<RegistrationRecord>,
+    errors: VecDeque<ErrorRecord>,
+    cap: usize,
+}
+
+/// Pushes `v` into a ring of at most `cap` entries (the oldest goes). The ring was allocated with room for
+/// `cap`, so this never reallocates.
+fn push_bounded<T>(ring: &mut VecDeque<T>, cap: usize, v: T) {
+    if ring.len() >= cap {
+        ring.pop_front();
+    }
+    ring.push_back(v);
+}
+
+/// Recent registrations and errors of one daemon, for `/status` (see the module documentation). Cloned freely
+/// (one shared log); every method takes a mutex that only the control plane and the status page contend for.
+#[derive(Debug, Clone)]
+pub struct Recorder(Arc<Mutex<StatusLog>>);
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::new(STATUS_ENTRIES)
+    }
+}
+
+impl Recorder {
+    /// A log keeping the last `cap` registrations and the last `cap` errors.
+    pub fn new(cap: usize) -> Recorder {
+        let cap = cap.max(1);
+        Recorder(Arc::new(Mutex::new(StatusLog {
+            registrations: VecDeque::with_capacity(cap),
+            errors: VecDeque::with_capacity(cap),
+            cap,
+        })))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StatusLog> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a registration outcome.
+    pub fn registration(&self, r: RegistrationRecord) {
+        let mut log = self.lock();
+        let cap = log.cap;
+        push_bounded(&mut log.registrations, cap, r);
+    }
+
+    /// Records a role's outcome now ([`RegistrationRecord::from_outcome`]).
+    pub fn outcome(&self, o: &RegistrationOutcome, nai: Option<&str>) {
+        self.registration(RegistrationRecord::from_outcome(o, nai));
+    }
+
+    /// Records a dropped control-plane input (`reason`: its `mip_drops_total` label) from `peer`.
+    pub fn drop(&self, reason: &'static str, peer: Option<SocketAddr>) {
+        self.push(ErrorKind::Drop, Cow::Borrowed(reason), peer, None);
+    }
+
+    /// Records a control-path failure (`what`: a short snake_case name; `detail`: the error).
+    pub fn error(&self, what: &'static str, peer: Option<SocketAddr>, detail: impl std::fmt::Display) {
+        self.push(ErrorKind::Error, Cow::Borrowed(what), peer, Some(detail.to_string()));
+    }
+
+    fn push(&self, kind: ErrorKind, what: Cow<'static, str>, peer: Option<SocketAddr>, detail: Option<String>) {
+        let now = SystemTime::now();
+        let mut log = self.lock();
+        if let Some(last) = log.errors.back_mut()
+            && last.kind == kind
+            && last.what == what
+            && last.peer == peer
+            && last.detail == detail
+        {
+            last.count = last.count.saturating_add(1);
+            last.last = now;
+            return;
+        }
+        let cap = log.cap;
+        push_bounded(
+            &mut log.errors,
+            cap,
+            ErrorRecord {
+                first: now,
+                last: now,
+                count: 1,
+                kind,
+                what,
+                peer,
+                detail,
+            },
+        );
+    }
+
+    /// The registrations kept, oldest first.
+    pub fn registrations(&self) -> Vec<RegistrationRecord> {
+        self.lock().registrations.iter().cloned().collect()
+    }
+
+    /// The errors kept, oldest first.
+    pub fn errors(&self) -> Vec<ErrorRecord> {
+        self.lock().errors.iter().cloned().collect()
+    }
+
+    /// `(recent_registrations, last_errors)` as `/status` lists them: JSON arrays, newest first.
+    pub fn to_json(&self) -> (Value, Value) {
+        let log = self.lock();
+        let regs = log
+            .registrations
+            .iter()
+            .rev()
+            .map(RegistrationRecord::to_json)
+            .collect();
+        let errors = log.errors.iter().rev().map(ErrorRecord::to_json).collect();
+        (Value::Array(regs), Value::Array(errors))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,6 +858,104 @@ mod tests {
         assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
         server.shutdown();
         assert!(TcpStream::connect(a).is_err(), "stopped");
+    }
+
+    struct StatusState(Recorder);
+
+    impl AdminState for StatusState {
+        fn ready(&self) -> bool {
+            true
+        }
+        fn metrics(&self) -> String {
+            String::new()
+        }
+        fn bindings_json(&self) -> String {
+            "[]".into()
+        }
+        fn status_json(&self) -> Option<String> {
+            let (regs, errors) = self.0.to_json();
+            Some(json!({"role": "test", "recent_registrations": regs, "last_errors": errors}).to_string())
+        }
+    }
+
+    /// `/status` answers the state's JSON; a state without one is 404.
+    #[test]
+    fn status_route() {
+        let (server, _state) = start();
+        assert_eq!(get(server.local_addr(), "/status").0, 404, "no status");
+        server.shutdown();
+        let rec = Recorder::new(4);
+        rec.error("keys_reload", None, "keys.yaml: line 3: bad key");
+        let server = AdminServer::spawn("127.0.0.1:0".parse().unwrap(), Arc::new(StatusState(rec))).unwrap();
+        let (status, head, body) = get(server.local_addr(), "/status");
+        assert_eq!(status, 200);
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["role"], "test");
+        assert_eq!(v["last_errors"][0]["kind"], "error");
+        assert_eq!(v["last_errors"][0]["what"], "keys_reload");
+        assert_eq!(v["last_errors"][0]["detail"], "keys.yaml: line 3: bad key");
+        assert_eq!(v["last_errors"][0]["peer"], Value::Null);
+        assert_eq!(v["recent_registrations"], json!([]));
+    }
+
+    fn outcome(last: u8, code: ReplyCode) -> RegistrationOutcome {
+        RegistrationOutcome {
+            home_address: Ipv4Addr::new(10, 10, 1, last),
+            care_of_address: Ipv4Addr::new(192, 0, 2, 10),
+            home_agent: None,
+            code,
+            lifetime: 600,
+            nat_detected: true,
+        }
+    }
+
+    /// Both rings keep the newest `cap` entries and list them newest first; identical errors in a row are one
+    /// entry with a count, a different one in between starts a new entry.
+    #[test]
+    fn recorder_rings_are_bounded_newest_first_and_coalesce_runs() {
+        let rec = Recorder::new(3);
+        for i in 1..=5u8 {
+            rec.outcome(&outcome(i, ReplyCode::Accepted), None);
+        }
+        rec.outcome(&outcome(6, ReplyCode::IdentificationMismatch), Some("n@x"));
+        let (regs, _) = rec.to_json();
+        let regs = regs.as_array().unwrap();
+        assert_eq!(regs.len(), 3);
+        let hoas: Vec<_> = regs.iter().map(|r| r["home_address"].as_str().unwrap()).collect();
+        assert_eq!(hoas, ["10.10.1.6", "10.10.1.5", "10.10.1.4"]);
+        assert_eq!(regs[0]["code"], 133);
+        assert_eq!(regs[0]["code_text"], ReplyCode::IdentificationMismatch.description());
+        assert_eq!(regs[0]["accepted"], false);
+        assert_eq!(regs[0]["nai"], "n@x");
+        assert_eq!(regs[0]["nat_detected"], true);
+        assert_eq!(regs[0]["home_agent"], Value::Null);
+        assert_eq!(regs[1]["accepted"], true);
+        assert_eq!(regs[1]["nai"], Value::Null);
+
+        let a = Some(SocketAddr::from(([203, 0, 113, 1], 434)));
+        let b = Some(SocketAddr::from(([203, 0, 113, 2], 434)));
+        for _ in 0..1000 {
+            rec.drop("bad_authenticator", a);
+        }
+        rec.drop("bad_authenticator", b);
+        rec.drop("bad_authenticator", a);
+        let errors = rec.errors();
+        assert_eq!(errors.len(), 3);
+        assert_eq!(errors.iter().map(|e| e.count).collect::<Vec<_>>(), [1000, 1, 1]);
+        assert!(errors[0].first <= errors[0].last);
+        rec.error("send_failed", a, "Network is unreachable");
+        rec.error("send_failed", a, "Network is unreachable");
+        rec.error("send_failed", a, "Permission denied");
+        let (_, errors) = rec.to_json();
+        let errors = errors.as_array().unwrap();
+        assert_eq!(errors.len(), 3, "the oldest went");
+        assert_eq!(errors[0]["detail"], "Permission denied");
+        assert_eq!(errors[1]["count"], 2);
+        assert_eq!(errors[1]["kind"], "error");
+        assert_eq!(errors[2]["kind"], "drop");
+        assert_eq!(errors[2]["peer"], "203.0.113.1:434");
+        assert!(errors[0]["at_unix_ms"].as_u64().unwrap() > 1_600_000_000_000);
     }
 
     struct DrainState {

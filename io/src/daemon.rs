@@ -14,6 +14,22 @@
 //!
 //! The signal handlers are installed before anything else, so a SIGTERM during start-up (while `build` installs
 //! kernel state) is held until `build` returns; the service is then shut down at once, without serving.
+//!
+//! # `/status`
+//! One JSON object, built on the event loop when asked (what `mipctl status` shows):
+//!
+//! | field | what |
+//! |---|---|
+//! | `role` | [`Service::role`]: `proxy`, `ha`, `fa`, `mn` |
+//! | `version` | the workspace version the binary was built from |
+//! | `pid`, `admin` | the process and its admin address |
+//! | `started_at_unix_ms`, `now_unix_ms`, `uptime_seconds` | wall clock at start and now; uptime from the monotonic clock |
+//! | `ready`, `phase` | `/readyz`, and `serving` / `draining` / `drained` |
+//! | `recent_registrations` | the last outcomes the service recorded in [`Context::status`], newest first ([`crate::admin::RegistrationRecord::to_json`]) |
+//! | `last_errors` | the last control-plane drops and errors recorded there, newest first ([`crate::admin::ErrorRecord::to_json`]) |
+//! | `drops` | every `mip_drops_total` series above 0: `[{"path", "reason", "count"}]`, largest first |
+//! | `key_reloads` | `{"ok", "error"}` (`mip_key_reloads_total`) |
+//! | the service's own | [`Service::status_json`]'s fields (`bindings`, `replication`, …) |
 
 use std::io;
 use std::path::PathBuf;
@@ -25,6 +41,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches};
 use mio::{Events, Interest, Poll, Registry as MioRegistry, Token, Waker};
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
 
 use mip::config::Validate;
 use mip::daemon::DaemonSettings;
@@ -32,11 +49,11 @@ use mip::keystore::KeyStore;
 use mip::roles::Now;
 use mip::time::Instant;
 
-use crate::admin::{AdminServer, AdminState, Drain, DrainPhase, RequestQueue, Requests};
+use crate::admin::{AdminServer, AdminState, Drain, DrainPhase, Recorder, RequestQueue, Requests, unix_ms};
 use crate::batch::{RecvBatch, SendBatch};
 use crate::clock::Clock;
 use crate::keys::KeysWatcher;
-use crate::metrics::{Counter, Gauge, Registry};
+use crate::metrics::{Counter, FloatGauge, Gauge, Registry};
 use crate::signals::Signals;
 use crate::socket::RawSocket;
 
@@ -46,6 +63,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(1);
 pub const FIRST_SERVICE_TOKEN: usize = 16;
 const SIGNAL_TOKEN: Token = Token(0);
 const WAKER_TOKEN: Token = Token(1);
+/// The version every daemon reports (`/status`, `mip_build_info`): the workspace's.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What a daemon plugs into the shared loop.
 pub trait Service {
@@ -61,6 +80,14 @@ pub trait Service {
     fn set_keys(&mut self, keys: KeyStore);
     /// The state `/bindings` shows, as JSON.
     fn bindings_json(&self) -> String;
+    /// What the daemon is (`/status` `role`, `mip_build_info{role}`): the `role` label of its
+    /// `mip_registrations_total` (`proxy`, `ha`, `fa`, `mn`).
+    fn role(&self) -> &'static str;
+    /// The service's own `/status` fields (a JSON object, merged into the skeleton's, see the module
+    /// documentation): `bindings` and whatever else one screen of `mipctl status` should show. Default: none.
+    fn status_json(&self) -> Value {
+        Value::Object(Map::new())
+    }
     /// SIGTERM: undo what the service installed (routes, rules, addresses). The process exits afterwards.
     fn shutdown(&mut self);
     /// Whether the service is ready for traffic (`/readyz`), asked after every turn of the loop; default: always
@@ -82,13 +109,27 @@ pub struct Context {
     /// Wakes the event loop from another thread (the loop then runs [`Service::tick`]); the one waker of the
     /// loop's poll, shared with the admin server.
     pub waker: Arc<Waker>,
+    /// Where the service records registration outcomes and control-plane errors for `/status` (the skeleton
+    /// adds failed key reloads).
+    pub status: Recorder,
+}
+
+/// What the admin server asks the event loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Query {
+    Bindings,
+    Status,
 }
 
 struct Admin {
     ready: Arc<AtomicBool>,
     metrics: Arc<Registry>,
-    bindings: Requests<String>,
+    requests: Requests<String, Query>,
     drain: Drain,
+}
+
+fn request_error(e: crate::admin::RequestError) -> String {
+    json!({ "error": e.to_string() }).to_string()
 }
 
 impl AdminState for Admin {
@@ -99,9 +140,10 @@ impl AdminState for Admin {
         self.metrics.render()
     }
     fn bindings_json(&self) -> String {
-        self.bindings
-            .ask()
-            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
+        self.requests.ask_with(Query::Bindings).unwrap_or_else(request_error)
+    }
+    fn status_json(&self) -> Option<String> {
+        Some(self.requests.ask_with(Query::Status).unwrap_or_else(request_error))
     }
     fn drain(&self) -> Option<&Drain> {
         Some(&self.drain)
@@ -129,9 +171,17 @@ impl Phase {
             _ => None,
         }
     }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Serving => "serving",
+            Phase::Draining { .. } => "draining",
+            Phase::Drained => "drained",
+        }
+    }
 }
 
-/// Daemon-level counters.
+/// Daemon-level series (docs/metrics.md "Every daemon").
 struct Stats {
     key_reloads_ok: Counter,
     key_reloads_failed: Counter,
@@ -148,6 +198,14 @@ impl Stats {
             )
             .map_err(|e| e.to_string())
         };
+        let start: FloatGauge = r
+            .float_gauge(
+                "mip_start_time_seconds",
+                "Start time of the daemon since the Unix epoch, in seconds.",
+                &[],
+            )
+            .map_err(|e| e.to_string())?;
+        start.set(unix_ms(std::time::SystemTime::now()) as f64 / 1000.0);
         Ok(Stats {
             key_reloads_ok: reload("ok")?,
             key_reloads_failed: reload("error")?,
@@ -155,6 +213,80 @@ impl Stats {
                 .gauge("mip_up", "1 while the daemon runs.", &[])
                 .map_err(|e| e.to_string())?,
         })
+    }
+
+    /// `mip_build_info{role, version} 1`, once the service (and so its role) exists.
+    fn build_info(r: &Registry, role: &'static str) -> Result<(), String> {
+        r.gauge(
+            "mip_build_info",
+            "Always 1: the daemon's role and version in labels.",
+            &[("role", role), ("version", VERSION)],
+        )
+        .map(|g| g.set(1))
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// What `/status` shows besides the service's own fields.
+struct StatusContext<'a> {
+    registry: &'a Registry,
+    recorder: &'a Recorder,
+    admin: std::net::SocketAddr,
+    started_wall: std::time::SystemTime,
+    started: std::time::Instant,
+}
+
+impl StatusContext<'_> {
+    /// The `/status` document (module documentation).
+    fn document<S: Service>(&self, service: &S, ready: bool, phase: Phase) -> String {
+        let now = std::time::SystemTime::now();
+        let (registrations, errors) = self.recorder.to_json();
+        let mut drops: Vec<(String, String, u64)> = self
+            .registry
+            .values("mip_drops_total")
+            .into_iter()
+            .filter(|(_, v)| *v > 0.0)
+            .map(|(labels, v)| {
+                let label = |k: &str| {
+                    labels
+                        .iter()
+                        .find(|(l, _)| *l == k)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                (label("path"), label("reason"), v as u64)
+            })
+            .collect();
+        drops.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
+        let reloads = |result: &str| {
+            self.registry
+                .values("mip_key_reloads_total")
+                .into_iter()
+                .find(|(l, _)| l.iter().any(|(k, v)| *k == "result" && v == result))
+                .map_or(0, |(_, v)| v as u64)
+        };
+        let mut doc = json!({
+            "role": service.role(),
+            "version": VERSION,
+            "pid": std::process::id(),
+            "admin": self.admin.to_string(),
+            "started_at_unix_ms": unix_ms(self.started_wall),
+            "now_unix_ms": unix_ms(now),
+            "uptime_seconds": self.started.elapsed().as_secs_f64(),
+            "ready": ready,
+            "phase": phase.as_str(),
+            "recent_registrations": registrations,
+            "last_errors": errors,
+            "drops": drops
+                .into_iter()
+                .map(|(path, reason, count)| json!({"path": path, "reason": reason, "count": count}))
+                .collect::<Vec<_>>(),
+            "key_reloads": {"ok": reloads("ok"), "error": reloads("error")},
+        });
+        if let (Value::Object(d), Value::Object(own)) = (&mut doc, service.status_json()) {
+            d.extend(own);
+        }
+        doc.to_string()
     }
 }
 
@@ -174,7 +306,9 @@ pub fn run<S: Service>(
     let mut watcher = KeysWatcher::new(keys_file);
     let keys = watcher.load()?;
     let metrics = Arc::new(Registry::new());
+    let started = (std::time::SystemTime::now(), std::time::Instant::now());
     let stats = Stats::new(&metrics)?;
+    let recorder = Recorder::default();
     let clock = Clock::new();
     // The poll and its waker exist before the service, so the service can hand the waker to its own threads.
     let mut poll = Poll::new().map_err(|e| format!("event loop: {e}"))?;
@@ -184,6 +318,7 @@ pub fn run<S: Service>(
         clock,
         keys,
         waker: Arc::clone(&waker),
+        status: recorder.clone(),
     };
     if signals.terminate_requested() {
         tracing::info!("terminating before start-up");
@@ -200,7 +335,8 @@ pub fn run<S: Service>(
         .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
         .map_err(|e| format!("event loop: {e}"))?;
     let drain_control = Drain::new(Arc::clone(&waker));
-    let (bindings, queue): (Requests<String>, RequestQueue<String>) = Requests::new(waker, 16);
+    Stats::build_info(&metrics, service.role())?;
+    let (requests, queue): (Requests<String, Query>, RequestQueue<String, Query>) = Requests::new(waker, 16);
     service
         .register(poll.registry())
         .map_err(|e| format!("registering sockets: {e}"))?;
@@ -209,10 +345,17 @@ pub fn run<S: Service>(
     let state = Arc::new(Admin {
         ready: Arc::clone(&ready),
         metrics: Arc::clone(&metrics),
-        bindings,
+        requests,
         drain: drain_control.clone(),
     });
     let server = AdminServer::spawn(admin, state).map_err(|e| format!("admin server on {admin}: {e}"))?;
+    let status = StatusContext {
+        registry: &metrics,
+        recorder: &recorder,
+        admin: server.local_addr(),
+        started_wall: started.0,
+        started: started.1,
+    };
     tracing::info!(admin = %server.local_addr(), keys = %keys_file.display(), "started");
     stats.up.set(1);
     ready.store(service.serving(), Ordering::Relaxed);
@@ -235,7 +378,13 @@ pub fn run<S: Service>(
             match ev.token() {
                 SIGNAL_TOKEN => signals.drain(),
                 WAKER_TOKEN => {
-                    queue.serve(|()| service.bindings_json());
+                    queue.serve(|q| match q {
+                        Query::Bindings => service.bindings_json(),
+                        Query::Status => {
+                            let ready = phase == Phase::Serving && service.serving();
+                            status.document(&service, ready, phase)
+                        }
+                    });
                 }
                 t => service.ready(t, now),
             }
@@ -291,6 +440,7 @@ pub fn run<S: Service>(
             Some(Err(e)) => {
                 // Keep the old keys: a half-written file must not take the service down.
                 stats.key_reloads_failed.inc();
+                recorder.error("keys_reload", None, &e);
                 tracing::error!(error = %e, "keys reload failed; keeping the previous keys");
             }
             None => {}
@@ -444,6 +594,12 @@ mod tests {
         fn bindings_json(&self) -> String {
             "[]".into()
         }
+        fn role(&self) -> &'static str {
+            "probe"
+        }
+        fn status_json(&self) -> Value {
+            json!({"bindings": 0, "probe": true})
+        }
         fn shutdown(&mut self) {
             self.shut_down.store(true, Ordering::SeqCst);
         }
@@ -586,14 +742,15 @@ mod tests {
         assert!(shut_down.load(Ordering::SeqCst));
     }
 
+    /// Through serde, so the fields the file may leave out keep their defaults.
     fn settings(keys_file: PathBuf, admin: SocketAddr, drain_ms: u64) -> DaemonSettings {
-        DaemonSettings {
-            keys_file,
-            admin,
-            log_format: mip::daemon::LogFormat::Text,
-            drain_ms,
-            tracing: None,
-        }
+        serde_json::from_value(json!({
+            "keys_file": keys_file,
+            "admin": admin.to_string(),
+            "log_format": "text",
+            "drain_ms": drain_ms,
+        }))
+        .unwrap()
     }
 
     /// SIGTERM with a drain: `/readyz` turns 503 at once while the service keeps running for the drain, then
@@ -693,6 +850,113 @@ mod tests {
             .expect("run returns after SIGTERM");
         assert_eq!(r, Ok(()));
         assert!(shut_down.load(Ordering::SeqCst));
+    }
+
+    /// `/status`: the skeleton's fields, the service's own merged in, what the service recorded in
+    /// [`Context::status`] (newest first), and the drop counters above zero; `/metrics` has the build info.
+    #[test]
+    fn status_shows_role_uptime_records_drops_and_the_services_fields() {
+        let _signals = crate::signal_lock();
+        let dir = tempfile::tempdir().unwrap();
+        let keys = write_keys(dir.path());
+        let admin = SocketAddr::from(([127, 0, 0, 1], 19_443));
+        let shut_down = Arc::new(AtomicBool::new(false));
+        let serving = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = mpsc::channel();
+        {
+            let (serving, shut_down) = (Arc::clone(&serving), Arc::clone(&shut_down));
+            std::thread::spawn(move || {
+                let r = run(&settings(keys, admin, 0), |ctx| {
+                    let o = mip::roles::RegistrationOutcome {
+                        home_address: "10.10.1.50".parse().unwrap(),
+                        care_of_address: "192.0.2.10".parse().unwrap(),
+                        home_agent: Some("10.10.1.1".parse().unwrap()),
+                        code: mip::wire::ReplyCode::Accepted,
+                        lifetime: 600,
+                        nat_detected: false,
+                    };
+                    ctx.status.outcome(&o, Some("joe@example.com"));
+                    let denied = mip::roles::RegistrationOutcome {
+                        code: mip::wire::ReplyCode::HaMnAuthFailed,
+                        ..o
+                    };
+                    ctx.status.outcome(&denied, None);
+                    let peer = Some(SocketAddr::from(([203, 0, 113, 9], 434)));
+                    ctx.status.drop("bad_authenticator", peer);
+                    ctx.status.drop("bad_authenticator", peer);
+                    ctx.metrics
+                        .counter(
+                            "mip_drops_total",
+                            "Drops.",
+                            &[("path", "control"), ("reason", "bad_authenticator")],
+                        )
+                        .unwrap()
+                        .add(2);
+                    ctx.metrics
+                        .counter(
+                            "mip_drops_total",
+                            "Drops.",
+                            &[("path", "control"), ("reason", "truncated")],
+                        )
+                        .unwrap();
+                    Ok(Probe { shut_down, serving })
+                });
+                tx.send(r).ok();
+            });
+        }
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while readyz(admin) != Some(200) && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (code, body) = get(admin, "/status").unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["role"], "probe");
+        assert_eq!(v["version"], VERSION);
+        assert_eq!(v["ready"], true);
+        assert_eq!(v["phase"], "serving");
+        assert_eq!(v["admin"], "127.0.0.1:19443");
+        assert_eq!(v["bindings"], 0, "the service's own field");
+        assert_eq!(v["probe"], true);
+        assert!(v["uptime_seconds"].as_f64().unwrap() >= 0.0);
+        assert!(v["now_unix_ms"].as_u64().unwrap() >= v["started_at_unix_ms"].as_u64().unwrap());
+        let regs = v["recent_registrations"].as_array().unwrap();
+        assert_eq!(regs.len(), 2, "{v}");
+        assert_eq!(regs[0]["code"], 131, "newest first");
+        assert_eq!(regs[0]["accepted"], false);
+        assert_eq!(regs[1]["code"], 0);
+        assert_eq!(regs[1]["nai"], "joe@example.com");
+        assert_eq!(regs[1]["home_address"], "10.10.1.50");
+        assert_eq!(regs[1]["care_of_address"], "192.0.2.10");
+        let errors = v["last_errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 1, "two identical drops in a row are one entry: {v}");
+        assert_eq!(errors[0]["count"], 2);
+        assert_eq!(errors[0]["what"], "bad_authenticator");
+        assert_eq!(errors[0]["peer"], "203.0.113.9:434");
+        assert_eq!(
+            v["drops"],
+            json!([{"path": "control", "reason": "bad_authenticator", "count": 2}]),
+            "only counters above zero"
+        );
+        assert_eq!(v["key_reloads"], json!({"ok": 0, "error": 0}));
+        let (_, metrics) = get(admin, "/metrics").unwrap();
+        let line = format!("mip_build_info{{role=\"probe\",version=\"{VERSION}\"}} 1");
+        assert!(metrics.lines().any(|l| l == line), "{metrics}");
+        assert!(metrics.contains("\nmip_start_time_seconds 1"), "{metrics}");
+        signal_hook::low_level::raise(libc::SIGTERM).unwrap();
+        let r = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("run returns after SIGTERM");
+        assert_eq!(r, Ok(()));
+    }
+
+    /// Every series the skeleton registers is listed in docs/metrics.md, under "Every daemon".
+    #[test]
+    fn skeleton_metrics_are_documented() {
+        let r = Registry::new();
+        let _stats = Stats::new(&r).unwrap();
+        Stats::build_info(&r, "probe").unwrap();
+        crate::metrics::tests::assert_documented(&r, "Every daemon");
     }
 
     /// A SIGTERM while `build` runs (installing kernel state, in a real daemon) neither kills the process nor is

@@ -691,6 +691,38 @@ impl Registry {
         before != f.series.len()
     }
 
+    /// The current value of every series of family `name` with its labels, in registration order (a histogram
+    /// gives its observation count). Empty for a name nothing registered. For status pages (`/status`), not the
+    /// packet path: it takes the registry lock and allocates.
+    pub fn values(&self, name: &str) -> Vec<(Vec<(&'static str, String)>, f64)> {
+        let families = self.lock();
+        let Some(f) = families.iter().find(|f| f.name == name) else {
+            return Vec::new();
+        };
+        f.series
+            .iter()
+            .map(|s| {
+                let v = match &s.value {
+                    Value::Counter(c) => c.get() as f64,
+                    Value::Gauge(g) => g.get() as f64,
+                    Value::FloatGauge(g) => g.get(),
+                    Value::Histogram(h) => h.count() as f64,
+                };
+                (s.labels.clone(), v)
+            })
+            .collect()
+    }
+
+    /// The names of the families that have at least one series (what [`render`](Self::render) shows), in
+    /// registration order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.lock()
+            .iter()
+            .filter(|f| !f.series.is_empty())
+            .map(|f| f.name)
+            .collect()
+    }
+
     /// The text exposition format (0.0.4) of every registered series; families without series are left out.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -722,6 +754,44 @@ impl Registry {
                 }
             }
         }
+    }
+}
+
+/// Checks that `doc` (the text of docs/metrics.md) lists every family `registry` renders, each as `` `name` ``
+/// in the section (a `## ` heading and what follows, up to the next `## `) whose heading contains `section`.
+/// For each crate's "every metric is documented" test. The error names what is missing.
+pub fn check_documented(registry: &Registry, doc: &str, section: &str) -> Result<(), String> {
+    let mut body: Option<String> = None;
+    for line in doc.lines() {
+        if let Some(heading) = line.strip_prefix("## ") {
+            if body.is_some() {
+                break;
+            }
+            if heading.contains(section) {
+                body = Some(String::new());
+            }
+        } else if let Some(b) = &mut body {
+            b.push_str(line);
+            b.push('\n');
+        }
+    }
+    let Some(body) = body else {
+        return Err(format!(
+            "docs/metrics.md has no `## ` section whose heading contains {section:?}"
+        ));
+    };
+    let missing: Vec<&str> = registry
+        .names()
+        .into_iter()
+        .filter(|n| !body.contains(&format!("`{n}`")))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "docs/metrics.md section {section:?} does not list (as `name`): {}",
+            missing.join(", ")
+        ))
     }
 }
 
@@ -908,6 +978,31 @@ pub(crate) mod tests {
             }
         }
         samples
+    }
+
+    /// Panics unless docs/metrics.md lists every family of `r` in the section whose heading contains `section`.
+    pub(crate) fn assert_documented(r: &Registry, section: &str) {
+        if let Err(e) = check_documented(r, include_str!("../../docs/metrics.md"), section) {
+            panic!("{e}");
+        }
+    }
+
+    #[test]
+    fn check_documented_looks_in_the_right_section() {
+        let r = Registry::new();
+        r.counter("mip_a_total", "A.", &[]).unwrap();
+        r.gauge("mip_b", "B.", &[]).unwrap();
+        r.gauge("mip_unregistered_series_gone", "C.", &[("x", "1")]).unwrap();
+        assert!(r.remove("mip_unregistered_series_gone", &[("x", "1")]));
+        let doc = "# t\n## One (`x`)\n`mip_a_total` `mip_b`\n## Two\n`mip_a_total`\n";
+        assert_eq!(check_documented(&r, doc, "One"), Ok(()));
+        let e = check_documented(&r, doc, "Two").unwrap_err();
+        assert!(e.contains("mip_b") && !e.contains("mip_a_total"), "{e}");
+        assert!(check_documented(&r, doc, "Three").is_err());
+        assert_eq!(r.names(), vec!["mip_a_total", "mip_b"]);
+        let values = r.values("mip_b");
+        assert_eq!(values, vec![(Vec::new(), 0.0)]);
+        assert!(r.values("mip_nothing").is_empty());
     }
 
     fn is_metric_name(s: &str) -> bool {

@@ -355,6 +355,13 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
 mod tests {
     use super::*;
 
+    /// Every series the operator registers is listed in docs/metrics.md under its section.
+    #[test]
+    fn metrics_are_documented() {
+        let m = Metrics::new().unwrap();
+        mip_io::metrics::check_documented(&m.registry, include_str!("../../docs/metrics.md"), "mip-operator").unwrap();
+    }
+
     #[test]
     fn every_series_is_registered_at_zero() {
         let m = Metrics::new().unwrap();

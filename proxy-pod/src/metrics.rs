@@ -1,5 +1,6 @@
-//! The proxy's Prometheus series. Every series is registered at start-up (so it shows as 0 before the first
-//! event); the packet path updates them with one relaxed atomic operation each and never takes the registry lock.
+//! The proxy's Prometheus series (docs/metrics.md "mip-proxy" documents them for operators, and a test keeps
+//! the two in step). Every series is registered at start-up (so it shows as 0 before the first event); the packet
+//! path updates them with one relaxed atomic operation each and never takes the registry lock.
 //!
 //! | name | labels | what |
 //! |---|---|---|
@@ -11,7 +12,7 @@
 //! | `mip_pending_requests` | | relayed requests waiting for a home agent |
 //! | `mip_tunnel_packets_total`, `mip_tunnel_bytes_total` | `direction="up"\|"down"`, `encapsulation="ipip"\|"udp"` | packets (inner bytes) through the tunnels toward mobile nodes |
 //! | `mip_ha_tunnel_packets_total`, `mip_ha_tunnel_bytes_total` | | packets (inner bytes) out of home-agent tunnels |
-//! | `mip_keepalives_total` | | RFC 3519 keepalives answered or completing a half-bound tunnel |
+//! | `mip_keepalives_total` | `result="answered"\|"completed_half_bound"` | RFC 3519 keepalives answered; those that completed a half-bound tunnel first (counted in both) |
 //! | `mip_tunnel_mtu_bytes` | `encapsulation` | largest inner packet per encapsulation at the configured path MTU |
 //! | `mip_icmp_relayed_total` | | ICMP errors about our tunnels relayed to the original sender (RFC 2003 §4) |
 //! | `mip_icmp_generated_total` | | ICMP errors the proxy generated itself (time exceeded, fragmentation needed) |
@@ -42,6 +43,7 @@ const PACKETS: &str = "Packets through the tunnels toward mobile nodes.";
 const BYTES: &str = "Inner packet bytes through the tunnels toward mobile nodes.";
 const TRAFFIC: [&str; 2] = [PACKETS, BYTES];
 const SEND_ERRORS: &str = "Datagrams or packets the kernel refused to send, by socket.";
+const KEEPALIVES: &str = "RFC 3519 keepalives, by result (answered; completed_half_bound: also completed a tunnel).";
 
 /// Reply codes registered at start: acceptance and every code the proxy itself generates or relays often.
 const REPLY_CODES: &[ReplyCode] = &[
@@ -110,8 +112,10 @@ pub struct ProxyMetrics {
     pub ha_packets: Counter,
     /// Their inner bytes.
     pub ha_bytes: Counter,
-    /// Keepalives answered (or completing a half-bound tunnel).
+    /// Keepalives answered.
     pub keepalives: Counter,
+    /// Keepalives that completed a half-bound tunnel (then answered, and counted in `keepalives` too).
+    pub keepalives_completed: Counter,
     /// ICMP errors relayed.
     pub icmp_relayed: Counter,
     /// ICMP errors generated.
@@ -238,10 +242,11 @@ impl ProxyMetrics {
                 "Inner packet bytes out of home-agent tunnels handed to the VPN gateway.",
                 &[],
             )?,
-            keepalives: r.counter(
+            keepalives: r.counter("mip_keepalives_total", KEEPALIVES, &[("result", "answered")])?,
+            keepalives_completed: r.counter(
                 "mip_keepalives_total",
-                "RFC 3519 keepalives answered or completing a half-bound tunnel.",
-                &[],
+                KEEPALIVES,
+                &[("result", "completed_half_bound")],
             )?,
             icmp_relayed: r.counter(
                 "mip_icmp_relayed_total",
@@ -326,7 +331,8 @@ mod tests {
             "mip_pending_requests 0",
             "mip_tunnel_packets_total{direction=\"up\",encapsulation=\"udp\"} 0",
             "mip_tunnel_bytes_total{direction=\"down\",encapsulation=\"ipip\"} 0",
-            "mip_keepalives_total 0",
+            "mip_keepalives_total{result=\"answered\"} 0",
+            "mip_keepalives_total{result=\"completed_half_bound\"} 0",
             "mip_tunnel_mtu_bytes{encapsulation=\"ipip\"} 1480",
             "mip_tunnel_mtu_bytes{encapsulation=\"udp\"} 1468",
             "mip_icmp_relayed_total 0",
@@ -343,6 +349,13 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
         }
+    }
+
+    /// Every series the proxy registers (its own and the skeleton's) is listed in docs/metrics.md.
+    #[test]
+    fn metrics_are_documented() {
+        let (registry, _m) = metrics();
+        mip_io::metrics::check_documented(&registry, include_str!("../../docs/metrics.md"), "mip-proxy").unwrap();
     }
 
     #[test]

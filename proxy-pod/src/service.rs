@@ -19,8 +19,14 @@
 //! Hot path: reads are batched (`recvmmsg`, [`Tun::read_batch`](mip_io::tun::Tun::read_batch)) into buffers
 //! allocated once; nothing is allocated or logged per packet, only counted. A source that still has packets
 //! after [`MAX_ROUNDS`] batches is finished on the next turn of the loop (so one flood cannot starve the others).
+//!
+//! `/status` (role `proxy`): `bindings`, `pending_requests`, `mode` and `replication` (this replica, its peers
+//! with connection, snapshot and lag, its subscribers); every registration outcome (with the node's NAI from the
+//! binding cache), control-plane drop (with the sender), unreachable home agent and refused send of a registration
+//! message is recorded for `recent_registrations` / `last_errors` (control plane only: data-plane drops are
+//! counted, never recorded).
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::io;
@@ -28,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mio::{Interest, Registry as MioRegistry, Token};
+use serde_json::{Value, json};
 
 use mip::daemon::{DeploymentMode, ProxyFile};
 use mip::dataplane::{DataDrop, DataPlane, Downlink, FromHomeAgent, Uplink, overhead};
@@ -36,6 +43,7 @@ use mip::roles::Now;
 use mip::roles::proxy::{Proxy, ProxyInput, ProxyOutput};
 use mip::time::Instant;
 use mip::wire::tunnel::TYPE_TUNNEL_DATA;
+use mip_io::admin::Recorder;
 use mip_io::batch::{BUFFER_SIZE, DEFAULT_BATCH, Received, RecvBatch, SendBatch};
 use mip_io::clock::Clock;
 use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service, filled};
@@ -195,6 +203,12 @@ struct Core {
     reply_ident: Option<u64>,
     /// Sharing bindings with peer replicas (`replication:`); `None` for a single replica.
     replication: Option<Replication>,
+    /// Recent registrations and errors for `/status`.
+    status: Recorder,
+    /// Who sent the input being handled (for the drops it causes).
+    peer: Option<SocketAddr>,
+    /// `dataplane.mode` as `/status` shows it.
+    mode: &'static str,
 }
 
 /// The `mip-proxy` service.
@@ -258,6 +272,12 @@ impl ProxyService {
             icmp_reports: Vec::with_capacity(8),
             reply_ident: None,
             replication: None,
+            status: ctx.status.clone(),
+            peer: None,
+            mode: match d.mode {
+                DeploymentMode::TwoBox => "two_box",
+                DeploymentMode::OneBox => "one_box",
+            },
         };
         if let Some(r) = &file.replication {
             let id = file.replica_id().ok_or(
@@ -322,6 +342,12 @@ impl Core {
     // === control plane ===
 
     fn handle(&mut self, now: Now, input: ProxyInput<'_>) {
+        self.peer = match &input {
+            ProxyInput::FromMobile(d) | ProxyInput::FromHomeAgent(d) => Some(SocketAddr::V4(d.src)),
+            ProxyInput::Keepalive { src, .. } => Some(SocketAddr::V4(*src)),
+            ProxyInput::HomeAgentUnreachable { home_agent, .. } => Some(SocketAddr::new((*home_agent).into(), 434)),
+            ProxyInput::Tick => None,
+        };
         self.proxy.handle(now, input, &mut self.outputs);
         self.process_outputs(now);
     }
@@ -345,6 +371,11 @@ impl Core {
                 }
                 ProxyOutput::Outcome(o) => {
                     self.metrics.registration(o.code);
+                    let nai = (!o.home_address.is_unspecified())
+                        .then(|| self.proxy.bindings().get_by_home(o.home_address))
+                        .flatten()
+                        .and_then(|e| e.nai());
+                    self.status.outcome(&o, nai);
                     if let Some(r) = &mut self.replication
                         && o.code.is_accepted()
                         && !o.home_address.is_unspecified()
@@ -384,11 +415,15 @@ impl Core {
                 }
                 // Traces (issue 7) end the relayed request's span here.
                 ProxyOutput::PendingDone { .. } => {}
-                ProxyOutput::Drop(reason) => self.metrics.control_drop(reason),
+                ProxyOutput::Drop(reason) => {
+                    self.metrics.control_drop(reason);
+                    self.status.drop(reason.as_str(), self.peer);
+                }
             }
         }
         self.outputs = outputs;
         self.reply_ident = None;
+        self.peer = None;
         self.update_gauges();
         let mut sends = core::mem::take(&mut self.pending_sends);
         for t in sends.drain(..) {
@@ -403,6 +438,7 @@ impl Core {
             };
             if let Err(e) = sock.send_transmit(&t) {
                 errors.inc();
+                self.status.error("send_failed", Some(SocketAddr::V4(t.dst)), &e);
                 tracing::debug!(error = %e, dst = %t.dst, "sending a registration message");
             }
         }
@@ -467,7 +503,7 @@ impl Core {
                     return;
                 }
                 Uplink::CompleteHalfBound { src, home_address } => {
-                    self.metrics.keepalives.inc();
+                    self.metrics.keepalives_completed.inc();
                     self.handle(now, ProxyInput::Keepalive { src, home_address });
                 }
                 Uplink::Drop(d) => {
@@ -499,6 +535,7 @@ impl Core {
             self.proxy
                 .handle(now, ProxyInput::FromHomeAgent(r.datagram()), &mut self.outputs);
             self.reply_ident = ident;
+            self.peer = Some(SocketAddr::V4(r.src));
             self.process_outputs(now);
         }
         more
@@ -512,6 +549,11 @@ impl Core {
         }
         for rep in &reports {
             if rep.is_unreachable() {
+                self.status.error(
+                    "home_agent_unreachable",
+                    Some(SocketAddr::V4(rep.dst)),
+                    format_args!("ICMP destination unreachable, code {}", rep.icmp_code),
+                );
                 tracing::debug!(home_agent = %rep.dst.ip(), icmp_code = rep.icmp_code, "home agent unreachable");
                 self.handle(
                     now,
@@ -657,6 +699,36 @@ impl Core {
     }
 }
 
+/// `/status` `replication`: this replica, its peers (not itself) and what it sends to its subscribers.
+fn replication_json(s: &mip_replication::transport::Status) -> Value {
+    let peers: Vec<Value> = s
+        .peers
+        .iter()
+        .filter(|p| !p.is_self)
+        .map(|p| {
+            json!({
+                "addr": p.addr.map(|a| a.to_string()),
+                "replica_id": p.replica_id,
+                "connected": p.connected,
+                "snapshot_received": p.snapshot_received,
+                "lag_ms_p50": p.lag_ms_p50,
+                "lag_ms_p99": p.lag_ms_p99,
+                "last_error": p.last_error,
+            })
+        })
+        .collect();
+    json!({
+        "enabled": true,
+        "replica_id": s.replica_id,
+        "caught_up": s.caught_up,
+        "peers": peers,
+        "subscribers": s.subscribers.len(),
+        "published": s.published,
+        "overflows": s.overflows,
+        "snapshots_sent": s.snapshots_sent,
+    })
+}
+
 impl Service for ProxyService {
     fn register(&mut self, registry: &MioRegistry) -> io::Result<()> {
         let c = &mut self.core;
@@ -694,6 +766,23 @@ impl Service for ProxyService {
 
     fn bindings_json(&self) -> String {
         bindings::to_json(self.core.proxy.bindings(), self.clock.instant()).to_string()
+    }
+
+    fn role(&self) -> &'static str {
+        "proxy"
+    }
+
+    fn status_json(&self) -> Value {
+        let c = &self.core;
+        json!({
+            "bindings": c.proxy.bindings().len(),
+            "pending_requests": c.proxy.pending_count(),
+            "mode": c.mode,
+            "replication": c.replication.as_ref().and_then(Replication::status).map_or(
+                json!({"enabled": false}),
+                |s| replication_json(&s),
+            ),
+        })
     }
 
     fn serving(&self) -> bool {

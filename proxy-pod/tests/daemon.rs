@@ -312,7 +312,7 @@ fn two_box_registration_data_keys_and_shutdown() {
         "echo reply, same id/seq"
     );
     assert_eq!(&inner[28..], b"keepalive");
-    assert_eq!(metric(&lab.metrics(), "mip_keepalives_total"), 1.0);
+    assert_eq!(metric(&lab.metrics(), "mip_keepalives_total{result=\"answered\"}"), 1.0);
 
     // The home agent's tunnel: IP-in-IP from the HA to proxy_private; the inner packet (CN → home address) is
     // injected into ha_tun and policy-routed to the VPN gateway's private address.
