@@ -335,7 +335,9 @@ pub fn run<S: Service>(
         .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
         .map_err(|e| format!("event loop: {e}"))?;
     let drain_control = Drain::new(Arc::clone(&waker));
-    Stats::build_info(&metrics, service.role())?;
+    if let Err(e) = Stats::build_info(&metrics, service.role()) {
+        tracing::warn!(error = %e, "cannot register mip_build_info");
+    }
     let (requests, queue): (Requests<String, Query>, RequestQueue<String, Query>) = Requests::new(waker, 16);
     service
         .register(poll.registry())
