@@ -39,7 +39,8 @@
 //!
 //! # Metrics and status
 //! `mip_registrations_total{role="fa",code}` (replies sent to visitors), `mip_drops_total{path="control"|"data",
-//! reason}`, `mip_visitors`, `mip_pending_requests`, `mip_advertisements_total`, `mip_solicitations_total`,
+//! reason}`, `mip_visitors`, `mip_pending_requests`, `mip_relay_latency_seconds` (relayed request → the home
+//! agent's reply with the same Identification), `mip_advertisements_total`, `mip_solicitations_total`,
 //! `mip_tunnel_packets_total` / `mip_tunnel_bytes_total{direction="up"|"down",encapsulation="ipip"|"udp"}`,
 //! `mip_tunnel_mtu_bytes{encapsulation}` (the TUN's MTU), `mip_keepalives_total{result="sent"|"answered"}`,
 //! `mip_link_resolutions_total`, `mip_send_errors_total{socket}`, `mip_kernel_errors_total` (docs/metrics.md).
@@ -88,7 +89,8 @@ use mip_io::batch::{BUFFER_SIZE, DEFAULT_BATCH, RecvBatch, SendBatch};
 use mip_io::clock::Clock;
 use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service, filled};
 use mip_io::metrics::{
-    Counter, DropCounters, Gauge, MetricsError, Registry, ReplyCodes, TunnelTraffic, count_control_drop,
+    Counter, DropCounters, Gauge, Histogram, LATENCY_BUCKETS, MetricsError, Registry, ReplyCodes, TunnelTraffic,
+    count_control_drop,
 };
 use mip_io::net::{self, NetError, Route, Rule};
 use mip_io::socket::{RawSocket, UdpOptions, UdpSocket};
@@ -521,6 +523,7 @@ struct FaMetrics {
     data_drops: DropCounters,
     visitors: Gauge,
     pending: Gauge,
+    relay_latency: Histogram,
     advertisements: Counter,
     solicitations: Counter,
     tunnels: TunnelTraffic,
@@ -565,6 +568,12 @@ impl FaMetrics {
                 "mip_pending_requests",
                 "Relayed requests waiting for a home agent's reply.",
                 &[],
+            )?,
+            relay_latency: r.histogram(
+                "mip_relay_latency_seconds",
+                "Time from relaying a registration request to the home agent's reply.",
+                &[],
+                LATENCY_BUCKETS,
             )?,
             advertisements: r.counter("mip_advertisements_total", "Agent Advertisements sent.", &[])?,
             solicitations: r.counter(
@@ -1003,6 +1012,47 @@ struct Core {
     outer_ttl: u8,
     /// Recent registrations and errors for `/status`.
     status: Recorder,
+    /// Send instants of relayed requests by Identification, for `mip_relay_latency_seconds`.
+    relayed: RelayTimes,
+    /// The Identification of the home agent's reply being handled.
+    reply_ident: Option<u64>,
+}
+
+/// Registration Request (type 1): Identification at bytes 16..24; Registration Reply (type 3): at 12..20.
+fn identification(payload: &[u8], request: bool) -> Option<u64> {
+    let (ty, at) = if request { (1u8, 16..24) } else { (3, 12..20) };
+    (payload.first() == Some(&ty))
+        .then(|| payload.get(at))
+        .flatten()
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+}
+
+/// Relayed requests' send instants, at most [`RelayTimes::CAP`]; when full, entries older than the pending
+/// timeout go, and a new one is not recorded if that frees nothing (control plane only).
+#[derive(Debug)]
+struct RelayTimes {
+    sent: std::collections::HashMap<u64, std::time::Instant>,
+    max_age: Duration,
+}
+
+impl RelayTimes {
+    const CAP: usize = 4096;
+
+    fn insert(&mut self, identification: u64) {
+        if self.sent.len() >= Self::CAP {
+            let max_age = self.max_age;
+            self.sent.retain(|_, t| t.elapsed() <= max_age);
+            if self.sent.len() >= Self::CAP {
+                return;
+            }
+        }
+        self.sent.insert(identification, std::time::Instant::now());
+    }
+
+    fn take(&mut self, identification: u64) -> Option<Duration> {
+        self.sent.remove(&identification).map(|t| t.elapsed())
+    }
 }
 
 /// The `mip-fa` service.
@@ -1075,6 +1125,11 @@ impl FaService {
                 keepalive_seq: 0,
                 outer_ttl: d.outer_ttl,
                 status: ctx.status.clone(),
+                relayed: RelayTimes {
+                    sent: std::collections::HashMap::new(),
+                    max_age: Duration::from_millis(file.fa.pending_timeout_ms),
+                },
+                reply_ident: None,
             },
             bufs: Buffers {
                 visited: batch(),
@@ -1121,8 +1176,13 @@ impl Core {
             FaInput::FromMobile { dg, .. } | FaInput::FromNetwork(dg) => Some(SocketAddr::V4(dg.src)),
             _ => None,
         };
+        self.reply_ident = match &input {
+            FaInput::FromNetwork(dg) => identification(dg.payload, false),
+            _ => None,
+        };
         self.fa.handle(now, input, &mut self.outputs);
         self.process_outputs(peer);
+        self.reply_ident = None;
     }
 
     fn kernel_errors(&self, errors: Vec<NetError>, what: &str) {
@@ -1145,6 +1205,9 @@ impl Core {
         for o in outputs.drain(..) {
             match o {
                 FaOutput::Send(t) => {
+                    if let Some(id) = identification(&t.payload, true) {
+                        self.relayed.insert(id);
+                    }
                     let sock = self
                         .sockets
                         .network_for(*t.src.ip())
@@ -1184,6 +1247,9 @@ impl Core {
                 FaOutput::SendKeepalive { src, dst } => self.send_keepalive(src, dst),
                 FaOutput::Outcome(o) => {
                     self.metrics.registration(o.code);
+                    if let Some(d) = self.reply_ident.and_then(|id| self.relayed.take(id)) {
+                        self.metrics.relay_latency.observe_duration(d);
+                    }
                     let nai = self
                         .fa
                         .visitors()
@@ -1607,6 +1673,29 @@ mod tests {
     use mip::wire::udp::UdpRepr;
 
     const HOA: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 50);
+
+    #[test]
+    fn identification_of_requests_and_replies() {
+        let mut req = vec![1u8; 24];
+        req[16..24].copy_from_slice(&0x0102_0304_0506_0708u64.to_be_bytes());
+        assert_eq!(identification(&req, true), Some(0x0102_0304_0506_0708));
+        assert_eq!(identification(&req, false), None, "not a reply");
+        assert_eq!(identification(&req[..23], true), None, "too short");
+        let mut rep = vec![3u8; 20];
+        rep[12..20].copy_from_slice(&7u64.to_be_bytes());
+        assert_eq!(identification(&rep, false), Some(7));
+        let mut times = RelayTimes {
+            sent: std::collections::HashMap::new(),
+            max_age: Duration::from_secs(7),
+        };
+        times.insert(7);
+        assert!(times.take(7).is_some());
+        assert!(times.take(7).is_none(), "taken once");
+        for i in 0..RelayTimes::CAP as u64 + 10 {
+            times.insert(i);
+        }
+        assert_eq!(times.sent.len(), RelayTimes::CAP, "bounded");
+    }
 
     /// Every series `mip-fa` registers is listed in docs/metrics.md under its section.
     #[test]

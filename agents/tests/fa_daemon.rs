@@ -860,6 +860,10 @@ fn scenario_b_relay_reverse_tunnel_delivery_and_cleanup() {
         1.0
     );
     assert!(metric(&fa, "mip_registrations_total{role=\"fa\",code=\"0\"}") >= 1.0);
+    assert!(
+        metric(&fa, "mip_relay_latency_seconds_count") >= 1.0,
+        "the relayed request's round trip"
+    );
     assert_eq!(metric(&fa, "mip_visitors"), 1.0);
     assert!(metric(&fa, "mip_advertisements_total") >= 4.0);
 
