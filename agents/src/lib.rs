@@ -8,6 +8,6 @@ pub mod ha_daemon;
 pub mod mn_daemon;
 pub mod pcap;
 pub mod register;
-pub mod traces;
 pub mod status;
+pub mod traces;
 pub mod tunnel_io;

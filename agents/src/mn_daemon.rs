@@ -458,7 +458,7 @@ impl MnService {
             routes: RouteMode::Absent,
             keepalive_seq: 0,
             ident: 0,
-            traces: crate::traces::MnTraces::default(),
+            traces: crate::traces::MnTraces::new(mip_io::telemetry::active()),
             m,
             status: ctx.status.clone(),
         };

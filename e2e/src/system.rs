@@ -73,6 +73,9 @@ pub struct SystemOptions {
     /// Run the (single) proxy with a configuration from elsewhere (the operator's ConfigMap) instead of the
     /// lab's own.
     pub proxy_override: Option<ProxyOverride>,
+    /// OTLP/gRPC collector (`http://HOST:PORT`) the proxies, the HA and the MN export their traces to
+    /// (`daemon.tracing.endpoint`); None: no trace export.
+    pub tracing_endpoint: Option<String>,
 }
 
 /// A `mip-proxy` configuration made elsewhere, run as a pod would run it. Two things change, as the kubelet's
@@ -110,6 +113,7 @@ impl Default for SystemOptions {
             storm_nodes: 0,
             proxy_drain: Duration::ZERO,
             proxy_override: None,
+            tracing_endpoint: None,
         }
     }
 }
@@ -220,6 +224,14 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
 fn write_private(path: &Path, text: &str) -> Result<()> {
     fs::write(path, text).ctx(|| format!("writing {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).ctx(|| format!("chmod {}", path.display()))
+}
+
+/// `daemon.tracing` lines (under `daemon:`) when `opts` names a collector.
+fn tracing_section(opts: &SystemOptions) -> String {
+    opts.tracing_endpoint
+        .as_ref()
+        .map(|e| format!("  tracing:\n    endpoint: {e}\n"))
+        .unwrap_or_default()
 }
 
 fn daemon_section(keys: &Path) -> String {
@@ -692,7 +704,7 @@ dataplane:
 {private}  tun: mipp0
   ha_tun: mipp1
 {daemon}  drain_ms: {drain}
-{replication}",
+{tracing}{replication}",
             public = plan::PROXY_PUBLIC,
             private_addr = plan::PROXY_PRIVATE,
             ha = plan::HA_HOME,
@@ -701,6 +713,7 @@ dataplane:
             gw = plan::VPNGW_PUBLIC,
             daemon = daemon_section(&proxy_keys),
             drain = opts.proxy_drain.as_millis(),
+            tracing = tracing_section(opts),
         );
         let name = proxy_name(mode, i);
         fs::write(dir.join(format!("{name}.yaml")), proxy).ctx(|| format!("writing {name}.yaml"))?;
@@ -715,10 +728,11 @@ dataplane:
   home_networks: [{home}]
 dataplane:
   tun: miph0
-{daemon}",
+{daemon}{tracing}",
         ha = plan::HA_HOME,
         home = home_networks,
         daemon = daemon_section(&ha_keys),
+        tracing = tracing_section(opts),
     );
     fs::write(dir.join("ha.yaml"), ha).ctx(|| "writing ha.yaml".into())?;
 
@@ -732,13 +746,14 @@ dataplane:
 dataplane:
   tun: mip0
   tunnelled: [{gw}/32]
-{daemon}",
+{daemon}{tracing}",
         hoa = plan::HOA,
         proxy = plan::PROXY_PUBLIC,
         ha = plan::HA_HOME,
         lifetime = opts.lifetime_secs,
         gw = plan::VPNGW_PUBLIC,
         daemon = daemon_section(&mn_keys),
+        tracing = tracing_section(opts),
     );
     fs::write(dir.join("mn.yaml"), mn).ctx(|| "writing mn.yaml".into())?;
 

@@ -74,7 +74,7 @@ fn apply_span(change: &RemoteChange, replica_id: u32, traceparent: &str) -> Opti
         mip.replicated = what,
         mip.home_address = %home_address,
         mip.nai = nai.as_deref(),
-        mip.replica_id = replica_id);
+        mip.replica_id = i64::from(replica_id));
     mip_io::telemetry::set_remote_parent(&span, traceparent).then_some(span)
 }
 

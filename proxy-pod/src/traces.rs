@@ -56,6 +56,28 @@ struct Trace {
     /// Parked for the HA's reply under this key at the end of the turn.
     park: Option<Key>,
     since: Instant,
+    /// What the root has recorded (an OpenTelemetry span keeps every value recorded: each once, unless it
+    /// changes).
+    recorded: Recorded,
+}
+
+/// The root's attributes recorded so far.
+#[derive(Debug, Default)]
+struct Recorded {
+    home_address: Option<Ipv4Addr>,
+    care_of_address: Option<Ipv4Addr>,
+    home_agent: Option<Ipv4Addr>,
+    nat_detected: Option<bool>,
+}
+
+impl Recorded {
+    /// Records `value` as `key` on `span` unless `slot` holds it already.
+    fn set<T: PartialEq + Copy + std::fmt::Display>(span: &Span, slot: &mut Option<T>, key: &str, value: T) {
+        if *slot != Some(value) {
+            *slot = Some(value);
+            span.record(key, tracing::field::display(value));
+        }
+    }
 }
 
 impl Trace {
@@ -153,11 +175,12 @@ impl RegistrationTraces {
             mip.reply_code = Empty,
             mip.drop_reason = Empty,
         );
+        let mut recorded = Recorded::default();
         if let Some(a) = addr(4) {
-            root.record("mip.home_address", tracing::field::display(a));
+            Recorded::set(&root, &mut recorded.home_address, "mip.home_address", a);
         }
         if let Some(a) = addr(12) {
-            root.record("mip.care_of_address", tracing::field::display(a));
+            Recorded::set(&root, &mut recorded.care_of_address, "mip.care_of_address", a);
         }
         if let Some(i) = ident {
             root.record("mip.identification", tracing::field::display(format_args!("{i:016x}")));
@@ -165,8 +188,8 @@ impl RegistrationTraces {
         let step = tracing::info_span!(target: "mip_trace", parent: &root, "receive",
             network.transport = "udp",
             network.peer.address = %src.ip(),
-            network.peer.port = src.port(),
-            mip.message_bytes = payload.len());
+            network.peer.port = i64::from(src.port()),
+            mip.message_bytes = i64::try_from(payload.len()).unwrap_or(i64::MAX));
         self.current = Some(Trace {
             root,
             step: Some(step),
@@ -176,6 +199,7 @@ impl RegistrationTraces {
             authenticated: false,
             park: None,
             since: Instant::now(),
+            recorded,
         });
     }
 
@@ -195,14 +219,17 @@ impl RegistrationTraces {
             } => {
                 let Some(t) = self.current.as_mut() else { return };
                 t.authenticate(true);
-                let r = &t.root;
-                r.record("mip.home_address", tracing::field::display(home_address));
+                let (r, rec) = (&t.root, &mut t.recorded);
+                Recorded::set(r, &mut rec.home_address, "mip.home_address", *home_address);
                 if let Some(n) = nai {
                     r.record("mip.nai", &**n);
                 }
-                r.record("mip.care_of_address", tracing::field::display(care_of_address));
-                r.record("mip.nat_detected", *nat_detected);
-                r.record("mip.home_agent", tracing::field::display(home_agent));
+                Recorded::set(r, &mut rec.care_of_address, "mip.care_of_address", *care_of_address);
+                if rec.nat_detected != Some(*nat_detected) {
+                    rec.nat_detected = Some(*nat_detected);
+                    r.record("mip.nat_detected", *nat_detected);
+                }
+                Recorded::set(r, &mut rec.home_agent, "mip.home_agent", *home_agent);
                 t.relay = Some(tracing::info_span!(target: "mip_trace", parent: &t.root, "relay",
                     otel.kind = "client",
                     mip.home_agent = %home_agent,
@@ -237,7 +264,7 @@ impl RegistrationTraces {
                     relay.record("mip.relay_end", how);
                     match end {
                         PendingEnd::Unreachable(code) => {
-                            let icmp_code = *code;
+                            let icmp_code = i64::from(*code);
                             tracing::info!(target: "mip_trace", parent: &relay, icmp_code, "home agent unreachable");
                         }
                         PendingEnd::Timeout => {
@@ -248,7 +275,7 @@ impl RegistrationTraces {
                 }
                 if let PendingEnd::Reply(code) = end {
                     t.step = Some(tracing::info_span!(target: "mip_trace", parent: &t.root, "ha_reply",
-                        mip.ha_reply_code = code.value()));
+                        mip.ha_reply_code = i64::from(code.value())));
                 }
                 t.request_turn = false;
                 self.current = Some(t);
@@ -271,16 +298,19 @@ impl RegistrationTraces {
     }
 
     fn record_outcome(t: &mut Trace, o: &RegistrationOutcome) {
-        let r = &t.root;
-        let code = o.code.value();
+        let (r, rec) = (&t.root, &mut t.recorded);
+        let code = i64::from(o.code.value());
         r.record("mip.reply_code", code);
         if !o.home_address.is_unspecified() {
-            r.record("mip.home_address", tracing::field::display(o.home_address));
+            Recorded::set(r, &mut rec.home_address, "mip.home_address", o.home_address);
         }
-        r.record("mip.care_of_address", tracing::field::display(o.care_of_address));
-        r.record("mip.nat_detected", o.nat_detected);
+        Recorded::set(r, &mut rec.care_of_address, "mip.care_of_address", o.care_of_address);
+        if rec.nat_detected != Some(o.nat_detected) {
+            rec.nat_detected = Some(o.nat_detected);
+            r.record("mip.nat_detected", o.nat_detected);
+        }
         if let Some(ha) = o.home_agent {
-            r.record("mip.home_agent", tracing::field::display(ha));
+            Recorded::set(r, &mut rec.home_agent, "mip.home_agent", ha);
         }
         if !o.code.is_accepted() {
             r.record("otel.status_code", "error");
@@ -289,7 +319,7 @@ impl RegistrationTraces {
         drop(t.step.take());
         t.reply = Some(tracing::info_span!(target: "mip_trace", parent: &t.root, "reply",
             mip.reply_code = code,
-            mip.lifetime = o.lifetime));
+            mip.lifetime = i64::from(o.lifetime)));
     }
 
     /// A binding change of the current registration is about to be published to the peer replicas: its
@@ -543,6 +573,21 @@ mod tests {
         assert_eq!(a("mip.reply_code").as_deref(), Some("0"));
         assert_eq!(a("mip.identification").as_deref(), Some(format!("{id:016x}").as_str()));
         assert_eq!(a("mip.drop_reason"), None);
+        for key in [
+            "mip.home_address",
+            "mip.care_of_address",
+            "mip.home_agent",
+            "mip.nat_detected",
+        ] {
+            let n = root.attributes.iter().filter(|kv| kv.key.as_str() == key).count();
+            assert_eq!(n, 1, "{key} recorded once: {:?}", root.attributes);
+        }
+        assert!(
+            root.attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "mip.reply_code" && kv.value == opentelemetry::Value::I64(0)),
+            "numbers are numbers"
+        );
         let relay = named(&spans, "relay")[0];
         assert_eq!(attr(relay, "mip.relay_end").as_deref(), Some("reply"));
         assert_eq!(
