@@ -19,12 +19,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use mip_e2e::cmd::Cmd;
+use mip_e2e::storm::{self, StormOptions};
 use mip_e2e::system::{self, System, SystemOptions};
-use mip_e2e::{Access, Lab, LabOptions, Mode, plan};
+use mip_e2e::{Access, Lab, LabOptions, Mode, ProcessGuard, plan};
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+/// One lab at a time (they share the machine's two cores).
+fn serial() -> MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Where the collector listens (ns `cn`).
 const COLLECTOR: &str = "10.10.0.100:4317";
@@ -51,6 +61,8 @@ fn rotel_agent() -> PathBuf {
 #[derive(Debug, Clone, Default)]
 struct Span {
     service: String,
+    /// The resource's `service.instance.id` (a proxy replica's node address).
+    instance: String,
     name: String,
     trace_id: String,
     span_id: String,
@@ -74,6 +86,7 @@ impl Span {
 fn parse_rotel(text: &str) -> Vec<Span> {
     let mut spans = Vec::new();
     let mut service = String::new();
+    let mut instance = String::new();
     let mut cur: Option<Span> = None;
     let mut in_resource = false;
     let value = |v: &str| -> String {
@@ -92,6 +105,7 @@ fn parse_rotel(text: &str) -> Vec<Span> {
             }
             if l.starts_with("ResourceSpans #") {
                 service.clear();
+                instance.clear();
             }
             continue;
         }
@@ -106,6 +120,7 @@ fn parse_rotel(text: &str) -> Vec<Span> {
             }
             cur = Some(Span {
                 service: service.clone(),
+                instance: instance.clone(),
                 ..Span::default()
             });
             continue;
@@ -113,8 +128,10 @@ fn parse_rotel(text: &str) -> Vec<Span> {
         if let Some(kv) = l.strip_prefix("-> ") {
             let Some((k, v)) = kv.split_once(": ") else { continue };
             if in_resource {
-                if k == "service.name" {
-                    service = value(v);
+                match k {
+                    "service.name" => service = value(v),
+                    "service.instance.id" => instance = value(v),
+                    _ => {}
                 }
             } else if let Some(s) = cur.as_mut()
                 && s.attributes.insert(k.to_string(), value(v)).is_some()
@@ -220,25 +237,27 @@ fn render(root: &Span, members: &[&Span]) -> String {
     out
 }
 
-#[test]
-fn two_box_registration_traces_reach_a_real_collector() {
+fn lab(mode: Mode) -> Lab {
     mip_e2e::require_lab_tools().unwrap_or_else(|e| panic!("{e}"));
-    let rotel = rotel_agent();
-    let mut lab = Lab::up(LabOptions {
-        mode: Mode::TwoBox,
+    Lab::up(LabOptions {
+        mode,
         e2e_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_e2e"))),
         keep_run_dir: std::env::var_os("MLAB_KEEP").is_some(),
         ..LabOptions::default()
     })
-    .unwrap_or_else(|e| panic!("lab up: {e}"));
+    .unwrap_or_else(|e| panic!("lab up: {e}"))
+}
 
-    // The collector, before the daemons: their first spans find it.
+/// Starts rotel in ns `cn` (start it before the daemons: their first spans find it); returns it and the file
+/// its output goes to. `print`: print every span received (else received and discarded, for load).
+fn collector(lab: &Lab, print: bool) -> (ProcessGuard, PathBuf) {
+    let rotel = rotel_agent();
     let run = lab.run_dir().to_path_buf();
     let out = run.join("rotel.out");
     let rotel_s = rotel.display().to_string();
     let pid = run.join("rotel.pid").display().to_string();
     let rlog = run.join("rotel-agent.log").display().to_string();
-    let argv = [
+    let mut argv = vec![
         rotel_s.as_str(),
         "start",
         "--otlp-grpc-endpoint",
@@ -247,16 +266,15 @@ fn two_box_registration_traces_reach_a_real_collector() {
         "127.0.0.1:4318",
         "--exporter",
         "blackhole",
-        "--debug-log",
-        "traces",
-        "--debug-log-verbosity",
-        "detailed",
         "--pid-file",
         pid.as_str(),
         "--log-file",
         rlog.as_str(),
     ];
-    let _collector = lab
+    if print {
+        argv.extend(["--debug-log", "traces", "--debug-log-verbosity", "detailed"]);
+    }
+    let collector = lab
         .spawn_cmd("rotel-agent", Cmd::in_ns(&lab.ns("cn"), argv), &out)
         .unwrap();
     mip_e2e::cmd::poll_until(
@@ -269,7 +287,14 @@ fn two_box_registration_traces_reach_a_real_collector() {
         },
     )
     .unwrap();
+    (collector, out)
+}
 
+#[test]
+fn two_box_registration_traces_reach_a_real_collector() {
+    let _serial = serial();
+    let mut lab = lab(Mode::TwoBox);
+    let (_collector, out) = collector(&lab, true);
     let opts = SystemOptions {
         foreign_agents: false,
         tracing_endpoint: Some(format!("http://{COLLECTOR}")),
@@ -398,4 +423,125 @@ fn two_box_registration_traces_reach_a_real_collector() {
         "the same request"
     );
     sys.stop();
+}
+
+/// An accepted registration trace of `hoa` with an `apply` span of another replica, child of its `replicate`.
+fn joined<'a>(s: &'a [Span], hoa: &str) -> Option<(&'a Span, Vec<&'a Span>)> {
+    proxy_traces(s, "mip.home_address", hoa).into_iter().find(|(root, m)| {
+        root.attr("mip.reply_code") == Some("0")
+            && m.iter().any(|a| {
+                a.name == "apply"
+                    && m.iter()
+                        .any(|r| r.name == "replicate" && r.span_id == a.parent_id && r.instance != a.instance)
+            })
+    })
+}
+
+/// Replicas mode with two replicas behind ECMP: the replica that handles the MN's registration publishes the
+/// binding change in its `replicate` span, the delta carries the span's `traceparent`, and the other replica's
+/// `apply` span joins the same trace as that span's child.
+#[test]
+fn replicas_apply_spans_join_the_registration_trace() {
+    let _serial = serial();
+    let mut lab = lab(Mode::Replicas);
+    let (_collector, out) = collector(&lab, true);
+    let opts = SystemOptions {
+        replicas: 2,
+        foreign_agents: false,
+        tracing_endpoint: Some(format!("http://{COLLECTOR}")),
+        ..SystemOptions::default()
+    };
+    let sys = System::start(&mut lab, opts).unwrap_or_else(|e| panic!("system start: {e}"));
+    let hoa = plan::HOA.to_string();
+    let all = spans_until(&out, "a registration trace with another replica's apply span", |s| {
+        joined(s, &hoa).is_some()
+    });
+    let (root, members) = joined(&all, &hoa).unwrap();
+    let tree = render(root, &members);
+    eprintln!(
+        "a registration through replica {}, as rotel received it:\n{tree}",
+        root.instance
+    );
+    let names: BTreeSet<&str> = members.iter().map(|s| s.name.as_str()).collect();
+    for step in [
+        "receive",
+        "authenticate",
+        "relay",
+        "ha_reply",
+        "replicate",
+        "reply",
+        "apply",
+    ] {
+        assert!(names.contains(step), "{step} missing: {tree}");
+    }
+    let applies: Vec<&&Span> = members.iter().filter(|s| s.name == "apply").collect();
+    for a in &applies {
+        let parent = members.iter().find(|s| s.span_id == a.parent_id).unwrap();
+        assert_eq!(parent.name, "replicate", "{tree}");
+        assert_ne!(a.instance, root.instance, "applied at the other replica: {tree}");
+        assert_eq!(a.attr("mip.home_address"), Some(hoa.as_str()), "{a:?}");
+    }
+    // Both the binding and the replay record of the registration reach the peer.
+    let kinds: BTreeSet<&str> = applies.iter().filter_map(|a| a.attr("mip.replicated")).collect();
+    assert!(
+        kinds.contains("bindings") && kinds.contains("replay"),
+        "{kinds:?}: {tree}"
+    );
+    sys.stop();
+}
+
+/// Registrations per second through one replica (Replicas mode, 1 replica) with and without trace export:
+/// a storm of 2,000 synthetic nodes from ns `inet`, then refresh rounds; rotel receives and discards
+/// (`--exporter blackhole`, no printing). Not part of the test run (`--ignored`): a measurement.
+#[test]
+#[ignore = "a measurement: cargo test -p mip-e2e --test observability_traces -- --ignored --nocapture"]
+fn tracing_overhead_on_registration_rate() {
+    let _serial = serial();
+    let mut results = Vec::new();
+    for (label, endpoint) in [
+        ("off", None),
+        ("on", Some(format!("http://{COLLECTOR}"))),
+        ("off", None),
+        ("on", Some(format!("http://{COLLECTOR}"))),
+    ] {
+        let mut lab = lab(Mode::Replicas);
+        let (rotel, _) = collector(&lab, false);
+        let nodes = 2_000;
+        let opts = SystemOptions {
+            replicas: 1,
+            storm_nodes: nodes,
+            foreign_agents: false,
+            tracing_endpoint: endpoint,
+            ..SystemOptions::default()
+        };
+        let sys = System::start(&mut lab, opts).unwrap_or_else(|e| panic!("system start: {e}"));
+        let first = StormOptions {
+            nodes,
+            rounds: 1,
+            senders: 8,
+            src: plan::INET_DMZ,
+            dst: SocketAddrV4::new(plan::PROXY_PUBLIC, 434),
+            lifetime: 600,
+            window: 32,
+            timeout: Duration::from_secs(3),
+            ..StormOptions::default()
+        };
+        let inet = lab.ns("inet");
+        let firsts = storm::run_storm(&inet, &first).unwrap();
+        let refresh = storm::run_storm(&inet, &StormOptions { rounds: 5, ..first }).unwrap();
+        eprintln!(
+            "tracing {label}: first registrations {:.0}/s, refreshes {:.0}/s (p50 {:.2} ms, p99 {:.2} ms), accepted {}/{}",
+            firsts.per_second,
+            refresh.per_second,
+            refresh.latency_ms_p50,
+            refresh.latency_ms_p99,
+            refresh.accepted,
+            refresh.sent
+        );
+        results.push((label, firsts.per_second, refresh.per_second));
+        sys.stop();
+        drop(rotel);
+        lab.down().unwrap();
+    }
+    eprintln!("{results:?}");
 }

@@ -208,3 +208,55 @@ fn assign_addresses_defaults_off() {
     );
     assert!(!load::<ProxyFile>("proxy.yaml").dataplane.assign_addresses);
 }
+
+/// The commented `daemon.tracing` block of every example, uncommented, loads and validates.
+#[test]
+fn commented_tracing_sections_are_valid() {
+    fn uncomment(text: &str) -> String {
+        let mut out = String::new();
+        let mut inside = false;
+        for line in text.lines() {
+            if line == "  # tracing:" {
+                inside = true;
+            } else if inside && !line.starts_with("  #   ") {
+                inside = false;
+            }
+            if inside {
+                let l = line.replacen("# ", "", 1);
+                // The block's own comments stay comments.
+                if !l.trim_start().starts_with('#') {
+                    out.push_str(&l);
+                    out.push('\n');
+                }
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/config");
+    let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+    let check = |name: &str, file: &str, service: &str| {
+        let t = uncomment(&read(name));
+        assert!(
+            t.contains("  tracing:\n    endpoint: http://127.0.0.1:4317\n"),
+            "{name}:\n{t}"
+        );
+        let settings = match file {
+            "proxy" => from_yaml::<ProxyFile>(&t).map(|f| f.daemon),
+            "ha" => from_yaml::<HaFile>(&t).map(|f| f.daemon),
+            "mn" => from_yaml::<MnFile>(&t).map(|f| f.daemon),
+            _ => from_yaml::<FaFile>(&t).map(|f| f.daemon),
+        }
+        .unwrap_or_else(|e| panic!("{}", render_errors(name, &e)));
+        let tracing = settings.tracing.unwrap();
+        assert_eq!(tracing.endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+        assert_eq!(tracing.sampling_ratio, 1.0);
+        assert_eq!(tracing.service_name.as_deref(), Some(service));
+    };
+    check("proxy.yaml", "proxy", "mip-proxy");
+    check("ha.yaml", "ha", "mip-ha");
+    check("mn.yaml", "mn", "mip-mn");
+    check("fa.yaml", "fa", "mip-fa");
+}
