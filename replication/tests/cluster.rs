@@ -243,6 +243,41 @@ fn overflow_gets_a_fresh_snapshot() {
     assert!(st.subscribers[0].queued <= 4);
 }
 
+/// A delta published with a `traceparent` arrives with it (`Record.traceparent`); one published without, and the
+/// records of a snapshot, arrive without.
+#[test]
+fn deltas_carry_their_traceparent() {
+    const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let addrs = [free_port(), free_port()];
+    let timeout = Duration::from_secs(20);
+    let a = Node::start(config(1, addrs[0], &addrs[1..], None), prefilled(1, 3));
+    let b = Node::start(config(2, addrs[1], &addrs[..1], None), ReplicaStore::new(2));
+    wait_until("b caught up", timeout, || b.rep().caught_up() && b.len() == 3);
+    let mut out = Vec::new();
+    let taken = |out: &mut Vec<_>| {
+        b.store
+            .lock()
+            .unwrap()
+            .take_remote_changes_traced(now().instant, 100, out)
+    };
+    taken(&mut out);
+    assert!(
+        out.iter().all(|(_, t)| t.is_none()),
+        "snapshot records carry no trace: {out:?}"
+    );
+    out.clear();
+    let d = a.apply(100, 7);
+    a.rep().publish_traced(d, Some(TP));
+    a.register(101, 7);
+    wait_until("both deltas applied", timeout, || b.len() == 5);
+    wait_until("both changes taken", timeout, || {
+        taken(&mut out);
+        out.len() == 2
+    });
+    let traced: Vec<_> = out.iter().filter_map(|(_, t)| t.as_deref()).collect();
+    assert_eq!(traced, [TP], "{out:?}");
+}
+
 // === mTLS ===
 
 struct Pki {
