@@ -88,7 +88,7 @@ pub fn ha_request(input: &HaInput<'_>) -> Option<HaTrace> {
         mip.drop_reason = Empty,
         mip.binding_change = Empty,
     );
-    Some(HaTrace { span, home_address })
+    mip_io::telemetry::is_sampled(&span).then_some(HaTrace { span, home_address })
 }
 
 /// One output of the home agent for the request whose span is `span`.
@@ -184,7 +184,9 @@ impl MnTraces {
         if handoff && let Some(prev) = self.registered_at {
             span.record("mip.previous_care_of_address", display(prev));
         }
-        self.open = Some((span, ident, home_address));
+        // Not in the sample: nothing kept (its retransmissions then start spans of their own, unsampled too
+        // unless the ratio picks them).
+        self.open = mip_io::telemetry::is_sampled(&span).then_some((span, ident, home_address));
     }
 }
 

@@ -491,7 +491,8 @@ fn replicas_apply_spans_join_the_registration_trace() {
 }
 
 /// Registrations per second through one replica (Replicas mode, 1 replica) with and without trace export:
-/// a storm of 2,000 synthetic nodes from ns `inet`, then refresh rounds; rotel receives and discards
+/// a storm of 2,000 synthetic nodes from ns `inet`, then 20 refresh rounds (as `e2e bench replication`); rotel
+/// receives and discards
 /// (`--exporter blackhole`, no printing). Not part of the test run (`--ignored`): a measurement.
 #[test]
 #[ignore = "a measurement: cargo test -p mip-e2e --test observability_traces -- --ignored --nocapture"]
@@ -515,29 +516,24 @@ fn tracing_overhead_on_registration_rate() {
             ..SystemOptions::default()
         };
         let sys = System::start(&mut lab, opts).unwrap_or_else(|e| panic!("system start: {e}"));
+        // As `e2e bench replication` runs its storms: 12 senders, 8 outstanding each, then 20 refresh rounds.
         let first = StormOptions {
             nodes,
             rounds: 1,
-            senders: 8,
+            senders: 12,
             src: plan::INET_DMZ,
             dst: SocketAddrV4::new(plan::PROXY_PUBLIC, 434),
             lifetime: 600,
-            window: 32,
+            window: 8,
             timeout: Duration::from_secs(3),
+            retransmits: 1,
             ..StormOptions::default()
         };
         let inet = lab.ns("inet");
         let firsts = storm::run_storm(&inet, &first).unwrap();
-        let refresh = storm::run_storm(&inet, &StormOptions { rounds: 5, ..first }).unwrap();
-        eprintln!(
-            "tracing {label}: first registrations {:.0}/s, refreshes {:.0}/s (p50 {:.2} ms, p99 {:.2} ms), accepted {}/{}",
-            firsts.per_second,
-            refresh.per_second,
-            refresh.latency_ms_p50,
-            refresh.latency_ms_p99,
-            refresh.accepted,
-            refresh.sent
-        );
+        let refresh = storm::run_storm(&inet, &StormOptions { rounds: 20, ..first }).unwrap();
+        eprintln!("tracing {label}: first registrations: {}", firsts.summary());
+        eprintln!("tracing {label}: refreshes: {}", refresh.summary());
         results.push((label, firsts.per_second, refresh.per_second));
         sys.stop();
         drop(rotel);

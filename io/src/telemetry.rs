@@ -320,6 +320,12 @@ pub fn init(daemon_name: &str, settings: &DaemonSettings, attributes: &[(&'stati
     }
 }
 
+/// Whether `span` is exported: an exporter is installed and the sampler kept the span's trace. A daemon drops an
+/// unsampled root at once and creates no children for it, so `sampling_ratio` also saves the event loop's work.
+pub fn is_sampled(span: &tracing::Span) -> bool {
+    !span.is_disabled() && span.context().span().span_context().is_sampled()
+}
+
 /// The W3C `traceparent` of `span` (`00-TRACEID-SPANID-FLAGS`), if it is an exported span; `None` for a disabled
 /// span or without an exporter.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {

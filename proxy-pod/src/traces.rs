@@ -185,6 +185,10 @@ impl RegistrationTraces {
         if let Some(i) = ident {
             root.record("mip.identification", tracing::field::display(format_args!("{i:016x}")));
         }
+        if !mip_io::telemetry::is_sampled(&root) {
+            // Not in the sample: no children, nothing kept (the root ends here, unexported).
+            return;
+        }
         let step = tracing::info_span!(target: "mip_trace", parent: &root, "receive",
             network.transport = "udp",
             network.peer.address = %src.ip(),
@@ -398,7 +402,7 @@ mod tests {
     use mip::roles::{Datagram, Now};
     use mip::time::{Instant as MipInstant, NtpTimestamp};
     use mip::wire::{AuthKind, Dialect, MessageWriter, ReplyCode, ReplyRepr, RequestFlags, RequestRepr};
-    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider, SpanData};
     use tracing_subscriber::layer::SubscriberExt;
 
     const PUB: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
@@ -502,9 +506,14 @@ mod tests {
 
     /// Runs `f` with a subscriber exporting spans of `mip_trace` into memory; returns the finished spans.
     fn traced(f: impl FnOnce()) -> Vec<SpanData> {
+        traced_with(Sampler::AlwaysOn, f)
+    }
+
+    fn traced_with(sampler: Sampler, f: impl FnOnce()) -> Vec<SpanData> {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
+            .with_sampler(sampler)
             .build();
         let subscriber = tracing_subscriber::registry().with(mip_io::telemetry::otel_layer(&provider));
         tracing::subscriber::with_default(subscriber, f);
@@ -669,6 +678,23 @@ mod tests {
             relay.events.first().map(|e| &*e.name),
             Some("no reply from the home agent")
         );
+    }
+
+    /// A registration outside the sample costs one unexported root: no children, nothing waits for the HA.
+    #[test]
+    fn unsampled_registrations_keep_nothing() {
+        let id = (u64::from(SECONDS) << 32) | 1;
+        let spans = traced_with(Sampler::TraceIdRatioBased(0.0), || {
+            let mut p = proxy();
+            let mut t = RegistrationTraces::new(true, 16, Duration::from_secs(7));
+            let rq = request(id, KEY);
+            turn(&mut p, &mut t, at(0), from_mn(&rq));
+            assert_eq!(t.waiting(), 0);
+            let out = turn(&mut p, &mut t, at(0), from_ha(&reply(id)));
+            assert!(out.iter().any(|o| matches!(o, ProxyOutput::Outcome(_))), "{out:?}");
+            assert!(t.current.is_none());
+        });
+        assert!(spans.is_empty(), "{spans:?}");
     }
 
     /// Disabled (no exporter): nothing is kept.
