@@ -14,9 +14,10 @@
 //! * **Sampling**: parent-based, root spans by trace-id ratio (`sampling_ratio`, default 1.0).
 //! * **Threads**: the daemons run a `mio` loop, not tokio. Spans are queued (at most 2048, then dropped) to the
 //!   SDK's batch span processor, which exports from its own thread every second (or `OTEL_BSP_SCHEDULE_DELAY`
-//!   milliseconds); the tonic gRPC channel it exports through runs on a one-worker tokio runtime owned here
-//!   (thread `mip-otlp`). A slow or absent collector never blocks the loop: exports time out after 2 s and the
-//!   queue drops what does not fit.
+//!   milliseconds; `OTEL_BSP_MAX_QUEUE_SIZE` and `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` apply too); the tonic gRPC
+//!   channel it exports through runs on a one-worker tokio runtime owned here (thread `mip-otlp`). A slow or
+//!   absent collector never blocks the loop: exports time out after 2 s and the queue drops what does not fit
+//!   (the SDK logs the first drop, and the count at exit).
 //! * **Shutdown**: dropping the [`Telemetry`] guard (end of `main`) flushes the queued spans (at most 3 s), then
 //!   stops the runtime.
 //! * **Propagation**: [`traceparent`] and [`set_remote_parent`] carry a span's context as a W3C `traceparent`
