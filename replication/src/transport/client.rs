@@ -33,8 +33,10 @@ pub(super) async fn manage(shared: Arc<Shared>) {
     let (refresh, dns) = match shared.config.peers.source() {
         PeerSource::Static(list) => {
             for a in list {
+                shared.peer(a, |_| ());
                 tasks.entry(a).or_insert_with(|| tokio::spawn(peer(shared.clone(), a)));
             }
+            shared.peers_known.store(true, std::sync::atomic::Ordering::Release);
             (None, None)
         }
         PeerSource::Dns(d) => (Some(Duration::from_millis(d.refresh_ms)), Some((d.name, d.port))),
@@ -57,8 +59,10 @@ pub(super) async fn manage(shared: Arc<Shared>) {
                                 keep
                             });
                             for a in addrs {
+                                shared.peer(a, |_| ());
                                 tasks.entry(a).or_insert_with(|| tokio::spawn(peer(shared.clone(), a)));
                             }
+                            shared.peers_known.store(true, std::sync::atomic::Ordering::Release);
                         }
                         Err(e) => tracing::warn!("replication: resolving {name}: {e}"),
                     }

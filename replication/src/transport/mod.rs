@@ -215,6 +215,9 @@ struct Shared {
     subscribers: Mutex<Vec<Arc<Subscriber>>>,
     next_sub: AtomicU64,
     peers: Mutex<BTreeMap<SocketAddr, PeerState>>,
+    /// Set once `peers` holds an entry for every peer address known (the static list, or the first DNS answer);
+    /// until then an empty or partial map must not read as "every peer caught up".
+    peers_known: AtomicBool,
     caught_up: AtomicBool,
     shutting_down: AtomicBool,
     published: AtomicU64,
@@ -257,11 +260,16 @@ impl Shared {
             return;
         }
         let timed_out = self.started.elapsed() >= Duration::from_millis(self.config.catchup_timeout_ms);
-        let peers = lock(&self.peers);
-        let done = peers
-            .values()
-            .filter(|p| !p.status.is_self)
-            .all(|p| p.status.snapshot_received || (timed_out && !p.status.connected));
+        // Before the peer list is in the map (the client tasks run on the replication runtime, after `start`
+        // returned), "all peers" would be vacuously true: a restarted replica would report ready at once.
+        let done = if self.peers_known.load(Ordering::Acquire) {
+            lock(&self.peers)
+                .values()
+                .filter(|p| !p.status.is_self)
+                .all(|p| p.status.snapshot_received || (timed_out && !p.status.connected))
+        } else {
+            timed_out
+        };
         if done {
             self.caught_up.store(true, Ordering::Release);
         }
@@ -327,6 +335,7 @@ impl Replicator {
             subscribers: Mutex::new(Vec::new()),
             next_sub: AtomicU64::new(0),
             peers: Mutex::new(BTreeMap::new()),
+            peers_known: AtomicBool::new(false),
             caught_up: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             published: AtomicU64::new(0),
