@@ -171,7 +171,7 @@ check "validate: ServiceMonitor, tracing, images, scheduling" \
   validate --skip-kind monitoring.coreos.com/v1/ServiceMonitor "$tmp/monitoring.yaml"
 monitoring_settings() {
   expect_kinds "$tmp/monitoring.yaml" ServiceMonitor=1 Deployment=1 &&
-    grep_in "$tmp/monitoring.yaml" 'name: OTEL_EXPORTER_OTLP_ENDPOINT' 'value: "http://otel:4317"' \
+    grep_in "$tmp/monitoring.yaml" '- --default-otlp-endpoint' '- "http://otel:4317"' \
       'port: http-metrics' 'release: kube-prometheus-stack' '- "registry.example.invalid/mip-proxy:1.2.3"' \
       'mip-operator:1.2.3"' '- text' 'replicas: 3' 'name: regcred' 'role: infra' 'podAntiAffinity:'
 }
@@ -219,10 +219,12 @@ spec["replica"] = 3                             # a typo'd field
 spec["mode"] = "threeBox"                       # not in the enum
 spec["replication"]["port"] = 70000             # above u16
 spec["replicas"] = "3"                          # a string, not an integer
+spec["telemetry"]["otlpEndpoint"] = "https://otel:4317"  # TLS: the exporter has none
+spec["telemetry"]["samplingPercent"] = 150      # above 100
 yaml.safe_dump_all(docs, open(sys.argv[2], "w"))
 EOF
 refuses "validate: broken MipProxy sample" \
-  "'publicAddress' is a required property|is not a 'ipv4'|'replica' was unexpected|'threeBox' is not one of|70000 is greater than the maximum|'3' is not of type|0 passed, 1 failed" \
+  "'publicAddress' is a required property|is not a 'ipv4'|'replica' was unexpected|'threeBox' is not one of|70000 is greater than the maximum|'3' is not of type|'https://otel:4317' does not match|150 is greater than the maximum|0 passed, 1 failed" \
   validate "${CRD_ARGS[@]}" "$tmp/broken-sample.yaml"
 printf 'apiVersion: mipproxy.io/v1alpha1\nkind: HomeAgent\nmetadata: {name: Ha_1}\nspec:\n  address: 10.10.1.1\n  address: 10.10.1.2\n' \
   > "$tmp/duplicate-key.yaml"
@@ -248,6 +250,10 @@ refuses "helm lint: unknown key replicas" "additional properties 'replicas' not 
 printf 'tracing:\n  endpoint: otel:4317\n' > "$tmp/bad-endpoint.yaml"
 refuses "helm template: tracing.endpoint without a scheme" "at '/tracing/endpoint': 'otel:4317' does not match pattern" \
   helm template mip-proxy "$CHART" -f "$tmp/bad-endpoint.yaml"
+printf 'tracing:\n  endpoint: https://otel:4317\n' > "$tmp/tls-endpoint.yaml"
+refuses "helm template: tracing.endpoint https:// (the exporter has no TLS)" \
+  "at '/tracing/endpoint': 'https://otel:4317' does not match pattern" \
+  helm template mip-proxy "$CHART" -f "$tmp/tls-endpoint.yaml"
 
 # --- deploy/mip-proxy.yaml is the current rendering ---------------------------------------------------------
 check "render-manifests.sh --check" scripts/render-manifests.sh --check

@@ -39,5 +39,7 @@ fi
 # Kubernetes tooling (helm 3.19.0, kubectl 1.34.5, a venv with kubernetes-validate and kmock) in
 # ${MIP_TOOLS_DIR:-/opt/mip-tools}; needed by the operator's kmock test and scripts/k8s-checks.sh.
 "$(dirname "$0")/k8s-tools.sh"
+# The OpenTelemetry collector of the trace lab test (rotel, PyPI) in ${MIP_TOOLS_DIR:-/opt/mip-tools}/otel-venv.
+"$(dirname "$0")/otel-tools.sh" --quiet > /dev/null
 
 echo "setup: ok ($(tshark --version 2>/dev/null | head -n1); $(python3 --version); $(cargo --version))"

@@ -65,6 +65,7 @@ fn operator_built_config_for_the_sample_mipproxy_runs_the_real_proxy_in_the_lab(
         &Settings {
             proxy_image: "example.invalid/mip-proxy:test".into(),
             image_pull_policy: None,
+            default_otlp_endpoint: None,
         },
     )
     .unwrap_or_else(|e| panic!("operator build: {e}"));

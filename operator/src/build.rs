@@ -32,7 +32,8 @@ use kube::Resource;
 use mip::config::{ConfigError, KeysFile, SaEntry, Validate};
 use mip::daemon::replication::{DnsPeers, PeersConfig, ReplicationConfig, TlsFiles};
 use mip::daemon::{
-    DaemonSettings, DeploymentMode, LogFormat as DaemonLogFormat, NODE_ADDRESS_ENV, ProxyDataPlane, ProxyFile,
+    DaemonSettings, DeploymentMode, LogFormat as DaemonLogFormat, NODE_ADDRESS_ENV, OTLP_ENDPOINT_ENV, ProxyDataPlane,
+    ProxyFile, TracingSettings,
 };
 use mip::roles::proxy::{HomeAgentEntry, NatConfig, ProxyConfig};
 use sha2::{Digest, Sha256};
@@ -84,6 +85,8 @@ pub struct Settings {
     pub proxy_image: String,
     /// `imagePullPolicy` of the proxy container (none: the cluster's default).
     pub image_pull_policy: Option<String>,
+    /// OTLP/gRPC collector of the pods whose MipProxy names none (`spec.telemetry.otlpEndpoint`).
+    pub default_otlp_endpoint: Option<String>,
 }
 
 /// A HomeAgent the MipProxy selects, with its keys file (the parsed Secret).
@@ -552,8 +555,11 @@ impl<'a> Ctx<'a> {
                     LogFormat::Text => DaemonLogFormat::Text,
                 },
                 drain_ms: u64::from(s.drain_seconds) * 1000,
-                // Traces: the pods get OTEL_EXPORTER_OTLP_ENDPOINT (spec.telemetry.otlpEndpoint) instead.
-                tracing: None,
+                // The endpoint comes as OTEL_EXPORTER_OTLP_ENDPOINT ([`Self::env`]); the ratio only matters with one.
+                tracing: self.otlp_endpoint().map(|_| TracingSettings {
+                    sampling_ratio: f64::from(s.telemetry.sampling_percent.min(100)) / 100.0,
+                    ..TracingSettings::default()
+                }),
             },
             replication: s.replication.as_ref().map(|r| self.replication(r)),
         }
@@ -797,14 +803,23 @@ impl<'a> Ctx<'a> {
             }),
             ..EnvVar::default()
         }];
-        if let Some(endpoint) = &self.spec.telemetry.otlp_endpoint {
+        if let Some(endpoint) = self.otlp_endpoint() {
             env.push(EnvVar {
-                name: "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
-                value: Some(endpoint.clone()),
+                name: OTLP_ENDPOINT_ENV.into(),
+                value: Some(endpoint.to_string()),
                 ..EnvVar::default()
             });
         }
         env
+    }
+
+    /// The MipProxy's collector, else the operator's default.
+    fn otlp_endpoint(&self) -> Option<&str> {
+        self.spec
+            .telemetry
+            .otlp_endpoint
+            .as_deref()
+            .or(self.settings.default_otlp_endpoint.as_deref())
     }
 
     fn container_ports(&self) -> Vec<ContainerPort> {

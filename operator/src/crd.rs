@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
+use mip::daemon::otlp_endpoint_problem;
 use serde::{Deserialize, Serialize};
 
 /// API group of both resources.
@@ -40,6 +41,8 @@ const NAME_MESSAGE: &str = "the name must be a DNS label of at most 57 character
 const PREFIX_RULE: &str = "self.all(p, isCIDR(p) && cidr(p).ip().family() == 4 && cidr(p) == cidr(p).masked())";
 const PREFIX_MESSAGE: &str = "each home prefix is an IPv4 CIDR (a.b.c.d/len) with no host bits set";
 const IFNAME_PATTERN: &str = "^[^/ ]+$";
+/// An OTLP/gRPC endpoint the daemons can use: plain `http://` (their exporter has no TLS).
+const OTLP_ENDPOINT_PATTERN: &str = "^http://[^/ ]+";
 
 /// Where the proxy sits relative to the VPN gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
@@ -203,16 +206,37 @@ impl Default for Replication {
 }
 
 /// Log and trace export.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Telemetry {
-    /// OTLP/gRPC endpoint for traces (`OTEL_EXPORTER_OTLP_ENDPOINT` of the pods); none: no export.
+    /// OTLP/gRPC collector the pods export registration traces to, `http://HOST:PORT` (their
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`); none: the operator's `--default-otlp-endpoint` (Helm `tracing.endpoint`), and
+    /// without that no export.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1), pattern(OTLP_ENDPOINT_PATTERN))]
     pub otlp_endpoint: Option<String>,
+    /// Percentage of registrations traced (root sampling; a replica applying a traced delta follows the trace's
+    /// decision). Default 100.
+    #[serde(default = "default_sampling_percent")]
+    #[schemars(range(max = 100))]
+    pub sampling_percent: u8,
     /// Log lines as JSON (default) or text.
     #[serde(default)]
     pub log_format: LogFormat,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            otlp_endpoint: None,
+            sampling_percent: default_sampling_percent(),
+            log_format: LogFormat::default(),
+        }
+    }
+}
+
+fn default_sampling_percent() -> u8 {
+    100
 }
 
 /// Log line format.
@@ -600,6 +624,13 @@ impl MipProxySpec {
         }
         e.nonempty("spec.image", self.image.as_deref());
         e.nonempty("spec.telemetry.otlpEndpoint", self.telemetry.otlp_endpoint.as_deref());
+        let endpoint = self.telemetry.otlp_endpoint.as_deref().filter(|s| !s.is_empty());
+        if let Some(problem) = endpoint.and_then(otlp_endpoint_problem) {
+            e.push("spec.telemetry.otlpEndpoint", problem);
+        }
+        if self.telemetry.sampling_percent > 100 {
+            e.push("spec.telemetry.samplingPercent", "at most 100");
+        }
         e.0
     }
 

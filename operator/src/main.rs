@@ -59,6 +59,18 @@ struct Args {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, value_name = "NS")]
     namespace: Option<String>,
+    /// OTLP/gRPC collector (`http://HOST:PORT`) the proxy pods export registration traces to when their MipProxy
+    /// names none (spec.telemetry.otlpEndpoint). The operator exports no traces of its own.
+    #[arg(long, value_name = "URL", value_parser = otlp_endpoint)]
+    default_otlp_endpoint: Option<String>,
+}
+
+/// An endpoint the proxy's exporter can use, checked here so a typo fails the operator's start, not every pod's.
+fn otlp_endpoint(s: &str) -> Result<String, String> {
+    match mip::daemon::otlp_endpoint_problem(s) {
+        None => Ok(s.to_string()),
+        Some(problem) => Err(problem),
+    }
 }
 
 fn main() -> ExitCode {
@@ -146,6 +158,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = Settings {
         proxy_image: args.proxy_image.clone(),
         image_pull_policy: None,
+        default_otlp_endpoint: args.default_otlp_endpoint.clone(),
     };
     let ctx = Arc::new(Context::new(client, settings, Arc::clone(&metrics), Some(identity)));
     let (stop_controllers, controllers_stopped) = futures::channel::oneshot::channel::<()>();

@@ -48,6 +48,7 @@ fn settings() -> Settings {
     Settings {
         proxy_image: "registry.example/mip-proxy:0.1.0".into(),
         image_pull_policy: Some("IfNotPresent".into()),
+        default_otlp_endpoint: None,
     }
 }
 
@@ -574,6 +575,63 @@ fn config_is_the_daemons_and_validates() {
         .unwrap();
     assert_eq!(annotations[CONFIG_HASH_ANNOTATION], config_hash(proxy_yaml(&d)));
     assert_eq!(config_hash(proxy_yaml(&d)).len(), 64);
+}
+
+/// Helm `tracing.endpoint` reaches the pods as the operator's default collector; a MipProxy's own wins, and its
+/// samplingPercent becomes the daemon's sampling_ratio.
+#[test]
+fn traces_default_collector_and_sampling() {
+    let with_default = Settings {
+        default_otlp_endpoint: Some("http://otel.cluster:4317".into()),
+        ..settings()
+    };
+    let otel = |d: &Desired| {
+        container(d)
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "OTEL_EXPORTER_OTLP_ENDPOINT")
+            .and_then(|e| e.value.clone())
+    };
+    let ratio = |d: &Desired| config_in_pod(d).daemon.tracing.map(|t| t.sampling_ratio);
+
+    // The sample names its collector: the default does not replace it.
+    let own = build::desired(&proxy("mipproxy-sample.yaml"), &[sample_ha()], &with_default).unwrap();
+    assert_eq!(otel(&own).as_deref(), Some("http://otel-collector.observability:4317"));
+    assert_eq!(ratio(&own), Some(1.0), "samplingPercent defaults to 100");
+
+    // No collector in the spec: the operator's default, with the spec's sampling.
+    let mut p = proxy("mipproxy-sample.yaml");
+    p.spec.telemetry.otlp_endpoint = None;
+    p.spec.telemetry.sampling_percent = 10;
+    let d = build::desired(&p, &[sample_ha()], &with_default).unwrap();
+    assert_eq!(otel(&d).as_deref(), Some("http://otel.cluster:4317"));
+    assert_eq!(ratio(&d), Some(0.1));
+
+    // Neither: no export, and no tracing section in the config.
+    let d = build::desired(&p, &[sample_ha()], &settings()).unwrap();
+    assert_eq!(otel(&d), None);
+    assert_eq!(ratio(&d), None);
+}
+
+/// What the daemons' exporter cannot use is refused at the MipProxy, naming the field.
+#[test]
+fn telemetry_checks() {
+    let mut p = proxy("mipproxy-sample.yaml");
+    p.spec.telemetry.otlp_endpoint = Some("https://otel:4317".into());
+    p.spec.telemetry.sampling_percent = 101;
+    let fields: Vec<String> = p.spec.check().into_iter().map(|e| e.to_string()).collect();
+    assert!(
+        fields
+            .iter()
+            .any(|f| f.contains("spec.telemetry.otlpEndpoint") && f.contains("https")),
+        "{fields:?}"
+    );
+    assert!(
+        fields.iter().any(|f| f.contains("spec.telemetry.samplingPercent")),
+        "{fields:?}"
+    );
 }
 
 #[test]

@@ -102,6 +102,7 @@ fn context() -> (Arc<Context>, ApiServer) {
     let settings = Settings {
         proxy_image: "registry.example/mip-proxy:test".into(),
         image_pull_policy: None,
+        default_otlp_endpoint: None,
     };
     let metrics = Arc::new(Metrics::new().unwrap());
     let ctx = Context::new(
