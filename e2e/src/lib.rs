@@ -20,6 +20,7 @@ pub mod error;
 pub mod failover;
 pub mod mip_path;
 pub mod netns;
+pub mod otel;
 pub mod plan;
 pub mod probe;
 pub mod replication_bench;
@@ -28,6 +29,7 @@ pub mod strongswan;
 pub mod system;
 pub mod throughput;
 pub mod topology;
+pub mod traces_bench;
 
 pub use cmd::ProcessGuard;
 pub use error::{Error, Result};

@@ -10,6 +10,7 @@
 //! e2e bench throughput --json OUT [--seconds 5] [--runs 5] [--only all|tcp|forwarding]
 //! e2e bench failover --json OUT [--runs 10] [--bfd-interval-ms 50] [--bfd-multiplier 3]
 //! e2e bench replication --json OUT [--bindings 1000000] [--rate 5000] [--seconds 5] [--storm-nodes 2000]
+//! e2e bench traces --json OUT [--runs 2] [--nodes 2000] [--rounds 20] [--sampling-ratio 0.1,...]
 //! e2e demo [--mode two-box|one-box] [--dwell-ms 2000] [--json OUT]   the lab demo: MN roams A -> C1 -> B -> D
 //! ```
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ use mip_e2e::demo::{self, DemoOptions};
 use mip_e2e::failover;
 use mip_e2e::replication_bench::{self, ReplicationBenchOptions};
 use mip_e2e::throughput::{self, ThroughputOptions};
+use mip_e2e::traces_bench::{self, TracesBenchOptions};
 use mip_e2e::{Lab, LabOptions, Mode, capture, delay, probe, topology};
 
 #[derive(Debug, Parser)]
@@ -198,6 +200,27 @@ enum BenchCmd {
         /// Skip the lab (registrations per second): in-process figures only, no root needed.
         #[arg(long)]
         no_lab: bool,
+    },
+    /// Traces (issue 7): registrations per second through one mip-proxy replica with trace export off, on
+    /// (every registration) and sampled, to rotel discarding what it receives; the settings alternate, each
+    /// run in a fresh lab; medians per setting and their ratios to off.
+    Traces {
+        /// Where to write the JSON result.
+        #[arg(long)]
+        json: PathBuf,
+        /// Cycles: each runs off, on and every sampled ratio once.
+        #[arg(long, default_value_t = 2)]
+        runs: u32,
+        /// Synthetic nodes of the storm.
+        #[arg(long, default_value_t = 2_000)]
+        nodes: u32,
+        /// Re-registrations per node after its first registration.
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+        /// A "sampled" setting per ratio (daemon.tracing.sampling_ratio, 0.0-1.0), comma-separated or repeated;
+        /// the flag with no value: off and on only.
+        #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [0.1f64])]
+        sampling_ratio: Vec<f64>,
     },
 }
 
@@ -447,6 +470,29 @@ fn run(cli: Cli) -> Result<()> {
             let report = replication_bench::bench_replication(&opts, &mut |line| eprintln!("{line}"))?;
             std::fs::write(&json, report.to_json()).with_context(|| format!("writing {}", json.display()))?;
             println!("{}", report.table());
+            println!("wrote {}", json.display());
+        }
+        Command::Bench {
+            which:
+                BenchCmd::Traces {
+                    json,
+                    runs,
+                    nodes,
+                    rounds,
+                    sampling_ratio,
+                },
+        } => {
+            let opts = TracesBenchOptions {
+                runs,
+                nodes,
+                rounds,
+                sampling_ratios: sampling_ratio,
+                stop: stop_flag()?,
+                ..TracesBenchOptions::default()
+            };
+            let report = traces_bench::bench_traces(&opts, &mut |line| eprintln!("{line}"))?;
+            std::fs::write(&json, report.to_json()).with_context(|| format!("writing {}", json.display()))?;
+            eprint!("{}", report.table());
             println!("wrote {}", json.display());
         }
     }

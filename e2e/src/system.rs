@@ -76,6 +76,9 @@ pub struct SystemOptions {
     /// OTLP/gRPC collector (`http://HOST:PORT`) the proxies, the HA and the MN export their traces to
     /// (`daemon.tracing.endpoint`); None: no trace export.
     pub tracing_endpoint: Option<String>,
+    /// `daemon.tracing.sampling_ratio` of every daemon (0.0 to 1.0) when `tracing_endpoint` is set; None: the
+    /// daemons' default (1.0, every registration).
+    pub tracing_sampling_ratio: Option<f64>,
 }
 
 /// A `mip-proxy` configuration made elsewhere, run as a pod would run it. Two things change, as the kubelet's
@@ -114,6 +117,7 @@ impl Default for SystemOptions {
             proxy_drain: Duration::ZERO,
             proxy_override: None,
             tracing_endpoint: None,
+            tracing_sampling_ratio: None,
         }
     }
 }
@@ -228,9 +232,13 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
 
 /// `daemon.tracing` lines (under `daemon:`) when `opts` names a collector.
 fn tracing_section(opts: &SystemOptions) -> String {
+    let ratio = opts
+        .tracing_sampling_ratio
+        .map(|r| format!("    sampling_ratio: {r:?}\n"))
+        .unwrap_or_default();
     opts.tracing_endpoint
         .as_ref()
-        .map(|e| format!("  tracing:\n    endpoint: {e}\n"))
+        .map(|e| format!("  tracing:\n    endpoint: {e}\n{ratio}"))
         .unwrap_or_default()
 }
 

@@ -15,46 +15,23 @@
 //!   trace has NAT not detected.
 //!
 //! Fails (does not skip) without rotel: run `scripts/otel-tools.sh`. Needs root, the Debian tools of
-//! `scripts/setup.sh` and the workspace binaries built with the same profile.
+//! `scripts/setup.sh` and the workspace binaries built with the same profile. The collector is started by
+//! `mip_e2e::otel::collector`; what tracing costs under a registration storm is `e2e bench traces`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use mip_e2e::cmd::Cmd;
-use mip_e2e::storm::{self, StormOptions};
 use mip_e2e::system::{self, System, SystemOptions};
-use mip_e2e::{Access, Lab, LabOptions, Mode, ProcessGuard, plan};
+use mip_e2e::{Access, Lab, LabOptions, Mode, otel, plan};
 
 static LOCK: Mutex<()> = Mutex::new(());
 
 /// One lab at a time (they share the machine's two cores).
 fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Where the collector listens (ns `cn`).
-const COLLECTOR: &str = "10.10.0.100:4317";
-
-/// `rotel-agent` in the venv of `scripts/otel-tools.sh`.
-fn rotel_agent() -> PathBuf {
-    let dir = std::env::var_os("MIP_TOOLS_DIR").map_or_else(|| PathBuf::from("/opt/mip-tools"), PathBuf::from);
-    let lib = dir.join("otel-venv/lib");
-    let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
-        entries
-            .flatten()
-            .map(|e| e.path().join("site-packages/rotel/rotel-agent"))
-            .find(|p| p.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "rotel-agent (the OTLP collector of this test) is not installed under {}: run scripts/otel-tools.sh",
-            lib.display()
-        )
-    })
 }
 
 /// One span as rotel printed it.
@@ -248,56 +225,14 @@ fn lab(mode: Mode) -> Lab {
     .unwrap_or_else(|e| panic!("lab up: {e}"))
 }
 
-/// Starts rotel in ns `cn` (start it before the daemons: their first spans find it); returns it and the file
-/// its output goes to. `print`: print every span received (else received and discarded, for load).
-fn collector(lab: &Lab, print: bool) -> (ProcessGuard, PathBuf) {
-    let rotel = rotel_agent();
-    let run = lab.run_dir().to_path_buf();
-    let out = run.join("rotel.out");
-    let rotel_s = rotel.display().to_string();
-    let pid = run.join("rotel.pid").display().to_string();
-    let rlog = run.join("rotel-agent.log").display().to_string();
-    let mut argv = vec![
-        rotel_s.as_str(),
-        "start",
-        "--otlp-grpc-endpoint",
-        "0.0.0.0:4317",
-        "--otlp-http-endpoint",
-        "127.0.0.1:4318",
-        "--exporter",
-        "blackhole",
-        "--pid-file",
-        pid.as_str(),
-        "--log-file",
-        rlog.as_str(),
-    ];
-    if print {
-        argv.extend(["--debug-log", "traces", "--debug-log-verbosity", "detailed"]);
-    }
-    let collector = lab
-        .spawn_cmd("rotel-agent", Cmd::in_ns(&lab.ns("cn"), argv), &out)
-        .unwrap();
-    mip_e2e::cmd::poll_until(
-        "rotel to listen on :4317",
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || {
-            let ss = lab.exec("cn", &["ss", "-ltn"])?;
-            Ok(String::from_utf8_lossy(&ss.stdout).contains(":4317").then_some(()))
-        },
-    )
-    .unwrap();
-    (collector, out)
-}
-
 #[test]
 fn two_box_registration_traces_reach_a_real_collector() {
     let _serial = serial();
     let mut lab = lab(Mode::TwoBox);
-    let (_collector, out) = collector(&lab, true);
+    let (_collector, out) = otel::collector(&lab, true).unwrap_or_else(|e| panic!("rotel: {e}"));
     let opts = SystemOptions {
         foreign_agents: false,
-        tracing_endpoint: Some(format!("http://{COLLECTOR}")),
+        tracing_endpoint: Some(otel::collector_endpoint()),
         ..SystemOptions::default()
     };
     // Returns once the MN is registered (through NAT C1) and its VPN is up.
@@ -444,11 +379,11 @@ fn joined<'a>(s: &'a [Span], hoa: &str) -> Option<(&'a Span, Vec<&'a Span>)> {
 fn replicas_apply_spans_join_the_registration_trace() {
     let _serial = serial();
     let mut lab = lab(Mode::Replicas);
-    let (_collector, out) = collector(&lab, true);
+    let (_collector, out) = otel::collector(&lab, true).unwrap_or_else(|e| panic!("rotel: {e}"));
     let opts = SystemOptions {
         replicas: 2,
         foreign_agents: false,
-        tracing_endpoint: Some(format!("http://{COLLECTOR}")),
+        tracing_endpoint: Some(otel::collector_endpoint()),
         ..SystemOptions::default()
     };
     let sys = System::start(&mut lab, opts).unwrap_or_else(|e| panic!("system start: {e}"));
@@ -488,56 +423,4 @@ fn replicas_apply_spans_join_the_registration_trace() {
         "{kinds:?}: {tree}"
     );
     sys.stop();
-}
-
-/// Registrations per second through one replica (Replicas mode, 1 replica) with and without trace export:
-/// a storm of 2,000 synthetic nodes from ns `inet`, then 20 refresh rounds (as `e2e bench replication`); rotel
-/// receives and discards
-/// (`--exporter blackhole`, no printing). Not part of the test run (`--ignored`): a measurement.
-#[test]
-#[ignore = "a measurement: cargo test -p mip-e2e --test observability_traces -- --ignored --nocapture"]
-fn tracing_overhead_on_registration_rate() {
-    let _serial = serial();
-    let mut results = Vec::new();
-    for (label, endpoint) in [
-        ("off", None),
-        ("on", Some(format!("http://{COLLECTOR}"))),
-        ("off", None),
-        ("on", Some(format!("http://{COLLECTOR}"))),
-    ] {
-        let mut lab = lab(Mode::Replicas);
-        let (rotel, _) = collector(&lab, false);
-        let nodes = 2_000;
-        let opts = SystemOptions {
-            replicas: 1,
-            storm_nodes: nodes,
-            foreign_agents: false,
-            tracing_endpoint: endpoint,
-            ..SystemOptions::default()
-        };
-        let sys = System::start(&mut lab, opts).unwrap_or_else(|e| panic!("system start: {e}"));
-        // As `e2e bench replication` runs its storms: 12 senders, 8 outstanding each, then 20 refresh rounds.
-        let first = StormOptions {
-            nodes,
-            rounds: 1,
-            senders: 12,
-            src: plan::INET_DMZ,
-            dst: SocketAddrV4::new(plan::PROXY_PUBLIC, 434),
-            lifetime: 600,
-            window: 8,
-            timeout: Duration::from_secs(3),
-            retransmits: 1,
-            ..StormOptions::default()
-        };
-        let inet = lab.ns("inet");
-        let firsts = storm::run_storm(&inet, &first).unwrap();
-        let refresh = storm::run_storm(&inet, &StormOptions { rounds: 20, ..first }).unwrap();
-        eprintln!("tracing {label}: first registrations: {}", firsts.summary());
-        eprintln!("tracing {label}: refreshes: {}", refresh.summary());
-        results.push((label, firsts.per_second, refresh.per_second));
-        sys.stop();
-        drop(rotel);
-        lab.down().unwrap();
-    }
-    eprintln!("{results:?}");
 }
