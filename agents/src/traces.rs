@@ -69,7 +69,7 @@ pub struct HaTrace {
 /// while the request is handled and its reply sent, pass every output to [`ha_output`].
 pub fn ha_request(input: &HaInput<'_>) -> Option<HaTrace> {
     let HaInput::Request(d) = input else { return None };
-    if !mip_io::telemetry::active() {
+    if !mip_io::telemetry::active() || !mip_io::telemetry::sample_root() {
         return None;
     }
     let (lifetime, home_address, _, care_of_address, ident) = request_fields(d.payload)?;
@@ -164,6 +164,11 @@ impl MnTraces {
             }
             // A new Identification: a retransmission with a fresh timestamp, or a new registration.
             tracing::info!(target: "mip_trace", parent: span, "superseded by a newer request");
+        }
+        if !mip_io::telemetry::sample_root() {
+            // Not in the sample: no span (its retransmissions draw again, as the comment below says).
+            self.open = None;
+            return;
         }
         let handoff = self.registered_at.is_some_and(|c| c != care_of_address) && lifetime != 0;
         let span = tracing::info_span!(target: "mip_trace", "registration",

@@ -11,7 +11,10 @@
 //! * **Resource**: `service.name` (`daemon.tracing.service_name`, else `OTEL_SERVICE_NAME`, else the daemon's
 //!   name: `mip-proxy`, `mip-ha`, ...), `service.instance.id` (the daemon's own address, [`TraceIdentity`]),
 //!   `service.version`, `host.name`, plus `OTEL_RESOURCE_ATTRIBUTES`.
-//! * **Sampling**: parent-based, root spans by trace-id ratio (`sampling_ratio`, default 1.0).
+//! * **Sampling**: the daemons decide a root span's sampling themselves, before creating it ([`sample_root`]: a
+//!   random draw against `sampling_ratio`, default 1.0), so a registration outside the sample costs one draw and
+//!   no span at all; the SDK's sampler is parent-based, always-on for roots (a replica applying a delta of a
+//!   sampled trace joins it, of an unsampled one creates nothing).
 //! * **Threads**: the daemons run a `mio` loop, not tokio. Spans are queued (at most 2048, then dropped) to the
 //!   SDK's batch span processor, which exports from its own thread every second (or `OTEL_BSP_SCHEDULE_DELAY`
 //!   milliseconds; `OTEL_BSP_MAX_QUEUE_SIZE` and `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` apply too); the tonic gRPC
@@ -24,7 +27,7 @@
 //!   string (the proxy's replication deltas do).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use mip::daemon::{
@@ -62,11 +65,50 @@ const SCHEDULE_DELAY_ENV: &str = "OTEL_BSP_SCHEDULE_DELAY";
 const SERVICE_NAME_ENV: &str = "OTEL_SERVICE_NAME";
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Roots are sampled when a draw is below this (`u64::MAX`: always; [`set_root_sampling`]).
+static ROOT_THRESHOLD: AtomicU64 = AtomicU64::new(u64::MAX);
+/// The draws' sequence (splitmix64: a Weyl sequence, then a mix), seeded at [`init`].
+static ROOT_DRAWS: AtomicU64 = AtomicU64::new(0x853c_49e6_748f_ea9b);
+const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// Whether spans are exported (an endpoint was configured and the exporter started): the daemons create trace
 /// spans and keep their per-registration trace state only then.
 pub fn active() -> bool {
     ACTIVE.load(Ordering::Relaxed)
+}
+
+/// Whether the next root span (a registration) is in the sample: decide before creating the span, and create
+/// none when this says no. One relaxed atomic add and a few multiplications; not cryptographic (which
+/// registrations are traced is not a secret). Always true at ratio 1.0.
+pub fn sample_root() -> bool {
+    let threshold = ROOT_THRESHOLD.load(Ordering::Relaxed);
+    threshold == u64::MAX || mix64(ROOT_DRAWS.fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)) < threshold
+}
+
+/// Sets the ratio [`sample_root`] samples roots by (0.0 to 1.0; [`init`] sets `sampling_ratio`).
+pub fn set_root_sampling(ratio: f64) {
+    ROOT_THRESHOLD.store(root_threshold(ratio), Ordering::Relaxed);
+}
+
+/// The draw threshold of `ratio`: draws are uniform over u64, so P(draw < threshold) = ratio.
+fn root_threshold(ratio: f64) -> u64 {
+    if ratio.is_nan() || ratio <= 0.0 {
+        0
+    } else if ratio >= 1.0 {
+        u64::MAX
+    } else {
+        // ratio × 2^64 < 2^64: in range (a float-to-int `as` saturates anyway).
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let t = (ratio * 18_446_744_073_709_551_616.0) as u64;
+        t
+    }
+}
+
+/// splitmix64's finaliser: consecutive Weyl-sequence values become independent-looking draws.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// What a daemon's configuration says about the daemon for its trace resource.
@@ -212,9 +254,9 @@ fn host_name() -> Option<String> {
     (!h.is_empty()).then(|| h.to_string())
 }
 
-/// The sampler: parent-based, roots by trace-id ratio.
-fn sampler(ratio: f64) -> Sampler {
-    Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+/// The SDK's sampler: parent-based; roots always, as the daemons create a root only when [`sample_root`] drew it.
+fn sampler() -> Sampler {
+    Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
 }
 
 /// The tracer provider exporting over OTLP/gRPC as `plan` says, and the runtime its channel runs on.
@@ -247,7 +289,7 @@ fn start_exporter(
         .build();
     let provider = SdkTracerProvider::builder()
         .with_span_processor(batch)
-        .with_sampler(sampler(plan.sampling_ratio))
+        .with_sampler(sampler())
         .with_resource(resource(&plan.service_name, attributes))
         .build();
     Ok((provider, runtime))
@@ -302,6 +344,14 @@ pub fn init(daemon_name: &str, settings: &DaemonSettings, attributes: &[(&'stati
     }
     let (provider, runtime) = match exporter {
         Some((p, provider, runtime)) if installed => {
+            set_root_sampling(p.sampling_ratio);
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| {
+                    d.as_secs().wrapping_mul(1_000_000_007) ^ u64::from(d.subsec_nanos())
+                })
+                ^ u64::from(std::process::id()).rotate_left(32);
+            ROOT_DRAWS.store(seed, Ordering::Relaxed);
             ACTIVE.store(true, Ordering::Relaxed);
             tracing::info!(
                 endpoint = %p.endpoint,
@@ -321,8 +371,9 @@ pub fn init(daemon_name: &str, settings: &DaemonSettings, attributes: &[(&'stati
     }
 }
 
-/// Whether `span` is exported: an exporter is installed and the sampler kept the span's trace. A daemon drops an
-/// unsampled root at once and creates no children for it, so `sampling_ratio` also saves the event loop's work.
+/// Whether `span` is exported: an exporter is installed and the sampler kept the span's trace (a root the daemon
+/// drew with [`sample_root`] is; a remote parent's decision is followed). A daemon creates no children for a span
+/// that is not.
 pub fn is_sampled(span: &tracing::Span) -> bool {
     !span.is_disabled() && span.context().span().span_context().is_sampled()
 }
@@ -358,6 +409,27 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// The draws sample at the ratio: 100,000 consecutive draws (any seed) land within 1 % of it, and the bounds
+    /// are exact.
+    #[test]
+    fn root_draws_sample_at_the_ratio() {
+        assert_eq!(super::root_threshold(0.0), 0);
+        assert_eq!(super::root_threshold(-1.0), 0);
+        assert_eq!(super::root_threshold(f64::NAN), 0);
+        assert_eq!(super::root_threshold(1.0), u64::MAX);
+        for seed in [0u64, 1, 0x1234_5678_9abc_def0] {
+            for ratio in [0.01, 0.1, 0.5, 0.9] {
+                let t = super::root_threshold(ratio);
+                let n = 100_000u64;
+                let hits = (0..n)
+                    .filter(|i| super::mix64(seed.wrapping_add(i.wrapping_mul(super::GOLDEN_GAMMA))) < t)
+                    .count() as f64;
+                let got = hits / n as f64;
+                assert!((got - ratio).abs() < 0.01, "seed {seed:#x} ratio {ratio}: {got}");
+            }
+        }
+    }
+
     use super::*;
     use opentelemetry::trace::{SpanId, TraceId};
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
@@ -452,9 +524,7 @@ replication: {listen: '10.10.0.11:7434', peers: {static: []}, insecure_plaintext
     }
 
     /// A subscriber with only the OpenTelemetry layer, exporting into memory.
-    fn in_memory(
-        ratio: f64,
-    ) -> (
+    fn in_memory() -> (
         impl tracing::Subscriber + Send + Sync,
         SdkTracerProvider,
         InMemorySpanExporter,
@@ -462,7 +532,7 @@ replication: {listen: '10.10.0.11:7434', peers: {static: []}, insecure_plaintext
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
-            .with_sampler(sampler(ratio))
+            .with_sampler(sampler())
             .with_resource(resource("mip-test", &[("service.instance.id", "10.0.0.1".into())]))
             .build();
         let subscriber = tracing_subscriber::registry().with(otel_layer(&provider));
@@ -487,7 +557,7 @@ replication: {listen: '10.10.0.11:7434', peers: {static: []}, insecure_plaintext
     /// not; a traceparent carries the context to a span elsewhere, which joins the trace as a child.
     #[test]
     fn spans_attributes_and_remote_parents() {
-        let (subscriber, provider, exporter) = in_memory(1.0);
+        let (subscriber, provider, exporter) = in_memory();
         let tp = tracing::subscriber::with_default(subscriber, || {
             let root = tracing::info_span!(target: "mip_trace", "registration",
                 mip.home_address = "10.10.1.50", mip.reply_code = tracing::field::Empty);
@@ -540,27 +610,39 @@ replication: {listen: '10.10.0.11:7434', peers: {static: []}, insecure_plaintext
         assert!(get("host.name").is_some());
     }
 
-    /// Ratio 0: nothing is exported, and a child of an unsampled remote parent is not either.
+    /// The SDK's sampler keeps every root (the daemon drew it already) and follows a remote parent: a child of
+    /// a sampled parent is exported, of an unsampled one is not (and says so in its own traceparent).
     #[test]
     fn sampling_is_parent_based() {
-        let (subscriber, provider, exporter) = in_memory(0.0);
-        let tp = tracing::subscriber::with_default(subscriber, || {
+        let (subscriber, provider, exporter) = in_memory();
+        let unsampled_child = tracing::subscriber::with_default(subscriber, || {
             let root = tracing::info_span!(target: "mip_trace", "registration");
-            let tp = traceparent(&root);
+            assert!(is_sampled(&root));
             drop(root);
-            // A sampled remote parent wins over the ratio.
             let apply = tracing::info_span!(target: "mip_trace", "apply");
             assert!(set_remote_parent(
                 &apply,
                 "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
             ));
             drop(apply);
+            let ignored = tracing::info_span!(target: "mip_trace", "apply unsampled");
+            assert!(set_remote_parent(
+                &ignored,
+                "00-1af7651916cd43dd8448eb211c80319c-c7ad6b7169203331-00"
+            ));
+            let tp = traceparent(&ignored);
+            assert!(!is_sampled(&ignored));
+            drop(ignored);
             tp
         });
         provider.force_flush().unwrap();
         let spans = exporter.get_finished_spans().unwrap();
-        let names: Vec<_> = spans.iter().map(|s| s.name.to_string()).collect();
-        assert_eq!(names, ["apply"]);
-        assert!(tp.is_some_and(|t| t.ends_with("-00")), "an unsampled context says so");
+        let mut names: Vec<_> = spans.iter().map(|s| s.name.to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["apply", "registration"]);
+        assert!(
+            unsampled_child.is_some_and(|t| t.ends_with("-00")),
+            "an unsampled context says so"
+        );
     }
 }

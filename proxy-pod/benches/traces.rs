@@ -2,8 +2,8 @@
 //! relayed request out → the HA's reply in → the reply out, as `mip/benches/relay.rs`) with the service's trace
 //! hooks ([`RegistrationTraces`]), untraced (no exporter: the hooks do nothing), traced (the OpenTelemetry layer
 //! and the SDK's batch span processor, its exporter discarding: the loop's share of the work; the export itself
-//! runs on the processor's thread), and traced with `sampling_ratio` 0.1 (an unsampled registration keeps only
-//! its root, unexported).
+//! runs on the processor's thread), and traced with `sampling_ratio` 0.1 (an unsampled registration costs one
+//! draw of `mip_io::telemetry::sample_root` and creates no span).
 //!
 //! Run: `cargo bench -p mip-proxy --bench traces`.
 #![allow(
@@ -176,8 +176,10 @@ fn bench(c: &mut Criterion) {
     for (name, ratio) in [("traced", 1.0), ("traced_sampled_10pct", 0.1)] {
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BatchSpanProcessor::builder(Discard).build())
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))))
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .build();
+        // As mip_io::telemetry::init does: the roots are drawn by the daemon, before any span exists.
+        mip_io::telemetry::set_root_sampling(ratio);
         let subscriber = tracing_subscriber::registry().with(mip_io::telemetry::otel_layer(&provider));
         tracing::subscriber::with_default(subscriber, || bench_one(c, name, true));
         provider.shutdown().unwrap();

@@ -153,6 +153,10 @@ impl RegistrationTraces {
         if let Some(t) = self.current.take() {
             t.end();
         }
+        if !mip_io::telemetry::sample_root() {
+            // Not in the sample: no span at all (the draw is the whole cost of an unsampled registration).
+            return;
+        }
         let addr = |at: usize| {
             payload
                 .get(at..at + 4)
@@ -186,7 +190,7 @@ impl RegistrationTraces {
             root.record("mip.identification", tracing::field::display(format_args!("{i:016x}")));
         }
         if !mip_io::telemetry::is_sampled(&root) {
-            // Not in the sample: no children, nothing kept (the root ends here, unexported).
+            // The SDK did not keep it after all (no exporter in this subscriber): no children, nothing kept.
             return;
         }
         let step = tracing::info_span!(target: "mip_trace", parent: &root, "receive",
@@ -680,7 +684,9 @@ mod tests {
         );
     }
 
-    /// A registration outside the sample costs one unexported root: no children, nothing waits for the HA.
+    /// A root the SDK does not keep (a subscriber whose sampler drops it; the daemons' own draw,
+    /// `telemetry::sample_root`, creates none at all: `mip-io/tests/root_sampling.rs`) leaves nothing behind: no
+    /// children, nothing waits for the HA.
     #[test]
     fn unsampled_registrations_keep_nothing() {
         let id = (u64::from(SECONDS) << 32) | 1;
