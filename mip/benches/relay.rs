@@ -7,95 +7,22 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
 
 use std::hint::black_box;
-use std::net::{Ipv4Addr, SocketAddrV4};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use mip::auth::{Algorithm, Key, SecurityAssociation, Spi};
-use mip::keystore::KeyStore;
-use mip::replay::ReplayStyle;
-use mip::roles::proxy::{HomeAgentEntry, Proxy, ProxyConfig, ProxyInput, ProxyOutput};
-use mip::roles::{Datagram, Now};
+use mip::roles::Now;
+use mip::roles::proxy::{Proxy, ProxyInput, ProxyOutput};
 use mip::time::{Instant, NtpTimestamp};
-use mip::wire::{AuthKind, Dialect, MessageWriter, ReplyCode, ReplyRepr, RequestFlags, RequestRepr};
+use mip::wire::ReplyCode;
 
-const PUB: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
-const PRIV: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 10);
-const HA: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 1);
-const COA: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
-const SECONDS: u32 = 0xec4e_5a00;
-const MNS: u32 = 10_000;
-
-fn sa() -> SecurityAssociation {
-    SecurityAssociation::new(
-        Spi::new(0x100).unwrap(),
-        Algorithm::HmacMd5,
-        Key::from_hex("000102030405060708090a0b0c0d0e0f").unwrap(),
-        ReplayStyle::default(),
-    )
+mod support {
+    pub mod relay_round;
 }
-
-fn home(i: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 10, 0, 0)) + 256 + i)
-}
-
-/// The node's request and the HA's reply for round `n` (node `n % MNS`, Identification increasing per node).
-fn round_messages(n: u64) -> (Vec<u8>, Vec<u8>) {
-    let hoa = home((n % u64::from(MNS)) as u32);
-    let id = (u64::from(SECONDS) << 32) | (n + 1);
-    let req = RequestRepr {
-        flags: RequestFlags(RequestFlags::D | RequestFlags::T),
-        lifetime: 600,
-        home_address: hoa,
-        home_agent: PUB,
-        care_of_address: COA,
-        identification: id,
-    };
-    let mut a = vec![0u8; 64];
-    let mut w = MessageWriter::request(&mut a, &req, &Dialect::default()).unwrap();
-    w.push_auth(AuthKind::MobileHome, &sa()).unwrap();
-    let request = w.as_bytes().to_vec();
-    let rep = ReplyRepr {
-        code: ReplyCode::Accepted,
-        lifetime: 600,
-        home_address: hoa,
-        home_agent: HA,
-        identification: id,
-    };
-    let mut b = vec![0u8; 64];
-    let mut w = MessageWriter::reply(&mut b, &rep, &Dialect::default()).unwrap();
-    w.push_auth(AuthKind::MobileHome, &sa()).unwrap();
-    (request, w.as_bytes().to_vec())
-}
-
-fn proxy() -> Proxy {
-    let mut keys = KeyStore::new();
-    for i in 0..MNS {
-        keys.insert_peer(home(i), sa()).unwrap();
-    }
-    let ha = HomeAgentEntry {
-        address: HA,
-        home_networks: vec!["10.10.0.0/16".parse().unwrap()],
-        dynamic_assignment: false,
-    };
-    Proxy::new(ProxyConfig::new(PUB, PRIV, vec![ha]), keys, 1)
-}
+use support::relay_round::{MNS, SECONDS, from_home_agent, from_mobile, proxy, round_messages};
 
 fn relay_round(p: &mut Proxy, now: Now, request: &[u8], reply: &[u8], out: &mut Vec<ProxyOutput>) {
     out.clear();
-    let from_mn = Datagram {
-        src: SocketAddrV4::new(COA, 434),
-        dst: SocketAddrV4::new(PUB, 434),
-        ttl: 64,
-        payload: request,
-    };
-    p.handle(now, ProxyInput::FromMobile(from_mn), out);
-    let from_ha = Datagram {
-        src: SocketAddrV4::new(HA, 434),
-        dst: SocketAddrV4::new(PRIV, 434),
-        ttl: 64,
-        payload: reply,
-    };
-    p.handle(now, ProxyInput::FromHomeAgent(from_ha), out);
+    p.handle(now, ProxyInput::FromMobile(from_mobile(request)), out);
+    p.handle(now, ProxyInput::FromHomeAgent(from_home_agent(reply)), out);
 }
 
 fn bench(c: &mut Criterion) {
