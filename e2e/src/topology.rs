@@ -714,6 +714,19 @@ impl Lab {
         Cmd::in_ns(&self.ns(ns), args).output()
     }
 
+    /// Sends one UDP datagram with exactly `payload` from namespace `ns` to `dst` (python3's socket, so the
+    /// bytes are the caller's, not a daemon's).
+    pub fn send_udp(&self, ns: &str, dst: std::net::SocketAddrV4, payload: &[u8]) -> Result<()> {
+        let script = format!(
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(bytes.fromhex('{}'), \
+             ('{}', {}))",
+            hex::encode(payload),
+            dst.ip(),
+            dst.port()
+        );
+        self.exec(ns, &["python3", "-c", &script]).map(drop)
+    }
+
     /// Runs `ip -n <ns> <args>`.
     pub fn ip(&self, ns: &str, args: &[&str]) -> Result<String> {
         let full = self.ns(ns);

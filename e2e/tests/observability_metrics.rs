@@ -29,18 +29,6 @@ fn forged_request() -> Vec<u8> {
     m
 }
 
-/// Sends one UDP datagram from namespace `ns` (python3, so the bytes are exactly the test's).
-fn send_udp(lab: &Lab, ns: &str, dst: SocketAddrV4, payload: &[u8]) {
-    let script = format!(
-        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(bytes.fromhex('{}'), \
-         ('{}', {}))",
-        hex::encode(payload),
-        dst.ip(),
-        dst.port()
-    );
-    lab.exec(ns, &["python3", "-c", &script]).unwrap();
-}
-
 /// Polls `/metrics` of the daemon in `ns` until `ok` holds (3 s at most); returns the last scrape.
 fn scrape_until(lab: &Lab, ns: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
     let end = Instant::now() + Duration::from_secs(3);
@@ -189,4 +177,9 @@ fn two_box_metrics_and_status_after_registration_bad_input_and_traffic() {
     assert!(screen.contains(&format!(" {}  care-of ", plan::HOA)), "{screen}");
     assert!(screen.contains(" drop bad_authenticator ("), "{screen}");
     sys.stop();
+}
+
+/// One UDP datagram with exactly `payload` from namespace `ns` ([`Lab::send_udp`]).
+fn send_udp(lab: &Lab, ns: &str, dst: SocketAddrV4, payload: &[u8]) {
+    lab.send_udp(ns, dst, payload).unwrap();
 }

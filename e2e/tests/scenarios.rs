@@ -374,17 +374,6 @@ fn send_raw(lab: &Lab, ns: &str, proto: u8, dst: Ipv4Addr, payload: &[u8]) {
     lab.exec(ns, &["python3", "-c", &script]).unwrap();
 }
 
-fn send_udp(lab: &Lab, ns: &str, dst: SocketAddrV4, payload: &[u8]) {
-    let script = format!(
-        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(bytes.fromhex('{}'), \
-         ('{}', {}))",
-        hex::encode(payload),
-        dst.ip(),
-        dst.port()
-    );
-    lab.exec(ns, &["python3", "-c", &script]).unwrap();
-}
-
 /// An IPv4 header + UDP, checksums zero (UDP checksum 0 = none), for inner packets.
 fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     mip_agents::pcap::ipv4_udp_packet(SocketAddrV4::new(src, sport), SocketAddrV4::new(dst, dport), payload)
@@ -604,4 +593,9 @@ fn two_box_key_rotation_keeps_bindings_and_the_next_registration_uses_the_new_ke
     e.hand_off(Access::A);
     assert!(metric_sum(&e.metrics("ha"), "mip_registrations_total", &["code=\"0\""]) > regs);
     e.check_traffic("after the key rotation");
+}
+
+/// One UDP datagram with exactly `payload` from namespace `ns` ([`Lab::send_udp`]).
+fn send_udp(lab: &Lab, ns: &str, dst: SocketAddrV4, payload: &[u8]) {
+    lab.send_udp(ns, dst, payload).unwrap();
 }
