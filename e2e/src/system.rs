@@ -180,11 +180,17 @@ pub fn admin_get(ns: &str, path: &str) -> Result<String> {
 
 /// `GET path` from the admin server in `ns`: (status, body).
 pub fn admin_request(ns: &str, path: &str) -> Result<(u16, String)> {
+    let addr: SocketAddr = ADMIN.parse().map_err(|_| Error::Usage("bad admin address".into()))?;
+    admin_request_at(ns, addr, path)
+}
+
+/// `GET path` from namespace `ns` to the admin server at `addr` (in `ns` or reached through the lab's
+/// networks): (status, body).
+pub fn admin_request_at(ns: &str, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let req = format!("GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n");
-    let what = format!("[{ns}] GET {path}");
+    let what = format!("[{ns}] GET http://{addr}{path}");
     let what2 = what.clone();
     let raw = netns::run_in(ns, move || {
-        let addr: SocketAddr = ADMIN.parse().map_err(|_| Error::Usage("bad admin address".into()))?;
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ctx(|| what2.clone())?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ctx(|| what2.clone())?;
         s.write_all(req.as_bytes()).ctx(|| what2.clone())?;

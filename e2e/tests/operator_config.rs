@@ -9,10 +9,11 @@
 //! address with host networking: here the proxy's LAN address). Needs root.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mip_e2e::system::{self, ProxyOverride, System, SystemOptions, admin_get};
+use mip_e2e::system::{self, ProxyOverride, System, SystemOptions, admin_get, admin_request_at, metric};
 use mip_e2e::{Lab, LabOptions, Mode, plan};
 use mip_operator::build::{self, SelectedHomeAgent, Settings};
 use mip_operator::crd::{HomeAgent, MipProxy};
@@ -97,6 +98,33 @@ fn operator_built_config_for_the_sample_mipproxy_runs_the_real_proxy_in_the_lab(
     let rows = bindings.as_array().unwrap();
     assert_eq!(rows.len(), 1, "{bindings}");
     assert_eq!(rows[0]["home_address"], plan::HOA.to_string());
+    // The operator's admin address is 0.0.0.0 (probes and scrapes reach the node's address): a client on
+    // another host (ns cn, on the intranet LAN) gets health and metrics, not node data and not /drain; the
+    // refusals are counted.
+    let node_admin = SocketAddr::from((plan::PROXY_PRIVATE, proxy.spec.admin_port));
+    for (path, want) in [
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/metrics", 200),
+        ("/bindings", 403),
+        ("/status", 403),
+        ("/drain", 403),
+    ] {
+        let (code, body) = admin_request_at(&lab.ns("cn"), node_admin, path).unwrap();
+        assert_eq!(code, want, "GET {path} from another host: {body}");
+    }
+    let (code, _) = admin_request_at(&lab.ns(sys.proxy_ns()), node_admin, "/bindings").unwrap();
+    assert_eq!(code, 200, "the node itself, over its own address (the kubelet's way)");
+    let metrics = admin_get(&lab.ns(sys.proxy_ns()), "/metrics").unwrap();
+    for route in ["/bindings", "/status", "/drain"] {
+        assert_eq!(
+            metric(&metrics, &format!("mip_admin_refused_total{{route=\"{route}\"}}")),
+            1.0,
+            "{route}"
+        );
+    }
+    let (code, _) = admin_request_at(&lab.ns(sys.proxy_ns()), node_admin, "/readyz").unwrap();
+    assert_eq!(code, 200, "the refused /drain withdrew nothing");
     let st = lab.ping("mn", plan::CN, 3).unwrap();
     assert_eq!(
         st.received, 3,

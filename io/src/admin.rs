@@ -6,16 +6,22 @@
 //! | `GET /healthz` | 200 `ok` while the process lives |
 //! | `GET /readyz` | 200 `ready` / 503 `not ready` from [`AdminState::ready`] |
 //! | `GET /metrics` | [`AdminState::metrics`] as `text/plain; version=0.0.4; charset=utf-8` |
-//! | `GET /bindings` | [`AdminState::bindings_json`] as `application/json` |
-//! | `GET /status` | [`AdminState::status_json`] as `application/json` (what `mipctl status` shows); 404 without one |
-//! | `GET /drain` | starts the drain ([`Drain`]), answers 200 `drained` when it is over; 503 when [`MAX_DRAIN_WAITERS`] already wait; 404 without [`AdminState::drain`] |
+//! | `GET /bindings` | [`AdminState::bindings_json`] as `application/json` (host-only, below) |
+//! | `GET /status` | [`AdminState::status_json`] as `application/json` (what `mipctl status` shows); 404 without one (host-only) |
+//! | `GET /drain` | starts the drain ([`Drain`]), answers 200 `drained` when it is over; 503 when [`MAX_DRAIN_WAITERS`] already wait; 404 without [`AdminState::drain`] (host-only) |
 //! | other paths | 404; other methods on these paths: 405 |
 //!
 //! `/drain` is Kubernetes' `preStop` hook (`httpGet`): the daemon turns not-ready at once and keeps serving for
 //! `daemon.drain_ms` as on a first SIGTERM, and the hook returns when that time is over, so the kubelet's
 //! SIGTERM that follows finds the drain done and the daemon shuts down at once ([`crate::daemon::run`]). Later
-//! calls wait for the same end (or answer at once after it). Anyone who reaches the admin address can drain the
-//! daemon: listen on an address only the kubelet and the monitoring reach.
+//! calls wait for the same end (or answer at once after it).
+//!
+//! **Who may ask what.** `/healthz`, `/readyz` and `/metrics` answer whoever reaches the address (probes,
+//! routers following readiness, Prometheus). `/bindings`, `/status` (node addresses) and `/drain` (withdraws the
+//! daemon) answer only clients on this host unless [`AdminState::remote_access`] says otherwise: a connection
+//! whose source is a loopback address or the very address it reached (a client on this host talking to one of
+//! the host's addresses; the kubelet's probes and `preStop` hook under host networking). Others get 403 and
+//! [`AdminState::refused`] counts them; no state is read for them.
 //!
 //! Limits: request bodies are never read; request heads above 16 KiB are refused (431); a head must arrive within
 //! 10 s (idle keep-alive connections close after 10 s); a connection lives at most 60 s (longer only while its
@@ -33,7 +39,7 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -89,6 +95,70 @@ pub trait AdminState: Send + Sync + 'static {
     fn drain(&self) -> Option<&Drain> {
         None
     }
+    /// Whether the host-only routes (`/bindings`, `/status`, `/drain`) answer clients on other hosts
+    /// (`daemon.admin_remote_access`); default false.
+    fn remote_access(&self) -> bool {
+        false
+    }
+    /// A client on another host asked for host-only `route` and got 403. Called on the async thread: count,
+    /// never block.
+    fn refused(&self, route: HostOnly) {
+        let _ = route;
+    }
+}
+
+/// The routes that answer only clients on this host (module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostOnly {
+    /// `/bindings`.
+    Bindings,
+    /// `/status`.
+    Status,
+    /// `/drain`.
+    Drain,
+}
+
+impl HostOnly {
+    /// Every host-only route.
+    pub const ALL: [HostOnly; 3] = [HostOnly::Bindings, HostOnly::Status, HostOnly::Drain];
+
+    /// The route's path.
+    pub fn path(self) -> &'static str {
+        match self {
+            HostOnly::Bindings => "/bindings",
+            HostOnly::Status => "/status",
+            HostOnly::Drain => "/drain",
+        }
+    }
+}
+
+/// Whether a connection from `peer` that reached `local` comes from this host: a loopback source, or the
+/// reached address itself as the source (the kernel picks that source for a connection to its own address).
+/// IPv4-mapped IPv6 addresses count as their IPv4 address.
+pub fn from_this_host(peer: IpAddr, local: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    peer.is_loopback() || peer == local.to_canonical()
+}
+
+/// Per connection: whether its client is on this host ([`from_this_host`]).
+#[derive(Debug, Clone, Copy)]
+struct Origin {
+    this_host: bool,
+}
+
+/// `None` when `origin` may use `route`; else the 403 answer (counted).
+fn host_only(state: &SharedState, origin: Origin, route: HostOnly) -> Option<Response> {
+    if origin.this_host || state.remote_access() {
+        return None;
+    }
+    state.refused(route);
+    Some(
+        (
+            StatusCode::FORBIDDEN,
+            "forbidden: only from this host (daemon.admin_remote_access)\n",
+        )
+            .into_response(),
+    )
 }
 
 /// A running admin server; [`shutdown`](Self::shutdown) or drop stops it.
@@ -124,14 +194,20 @@ async fn metrics(State(state): State<SharedState>) -> Response {
     }
 }
 
-async fn bindings(State(state): State<SharedState>) -> Response {
+async fn bindings(State(state): State<SharedState>, Extension(origin): Extension<Origin>) -> Response {
+    if let Some(refused) = host_only(&state, origin, HostOnly::Bindings) {
+        return refused;
+    }
     match blocking(state, |s| s.bindings_json()).await {
         Some(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 
-async fn status(State(state): State<SharedState>) -> Response {
+async fn status(State(state): State<SharedState>, Extension(origin): Extension<Origin>) -> Response {
+    if let Some(refused) = host_only(&state, origin, HostOnly::Status) {
+        return refused;
+    }
     match blocking(state, |s| s.status_json()).await {
         Some(Some(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Some(None) => not_found().await.into_response(),
@@ -139,7 +215,14 @@ async fn status(State(state): State<SharedState>) -> Response {
     }
 }
 
-async fn drain(State(state): State<SharedState>, Extension(holding): Extension<Holding>) -> Response {
+async fn drain(
+    State(state): State<SharedState>,
+    Extension(holding): Extension<Holding>,
+    Extension(origin): Extension<Origin>,
+) -> Response {
+    if let Some(refused) = host_only(&state, origin, HostOnly::Drain) {
+        return refused;
+    }
     let Some(drain) = state.drain() else {
         return not_found().await.into_response();
     };
@@ -216,10 +299,14 @@ async fn serve(listener: std::net::TcpListener, app: Router, mut stop: oneshot::
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
+        let (stream, origin) = tokio::select! {
             _ = &mut stop => break,
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok((s, peer)) => {
+                    // Without the local address the client counts as remote (host-only routes refused).
+                    let this_host = s.local_addr().is_ok_and(|local| from_this_host(peer.ip(), local.ip()));
+                    (s, Origin { this_host })
+                }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "admin accept failed");
@@ -229,7 +316,7 @@ async fn serve(listener: std::net::TcpListener, app: Router, mut stop: oneshot::
             },
         };
         let holding = Holding::default();
-        let service = TowerToHyperService::new(app.clone().layer(Extension(holding.clone())));
+        let service = TowerToHyperService::new(app.clone().layer(Extension(holding.clone())).layer(Extension(origin)));
         let mut closing = closing_rx.clone();
         connections.spawn(async move {
             let _permit = permit;
@@ -817,6 +904,22 @@ mod tests {
             format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
         )
         .unwrap()
+    }
+
+    /// Loopback sources and the reached address itself are this host, mapped IPv6 forms too; another source
+    /// is not.
+    #[test]
+    fn this_host_is_loopback_or_the_reached_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(from_this_host(ip("127.0.0.1"), ip("127.0.0.1")));
+        assert!(from_this_host(ip("127.0.0.5"), ip("10.0.0.1")));
+        assert!(from_this_host(ip("10.0.0.1"), ip("10.0.0.1")));
+        assert!(from_this_host(ip("::1"), ip("::1")));
+        assert!(from_this_host(ip("::ffff:127.0.0.1"), ip("::ffff:10.0.0.1")));
+        assert!(from_this_host(ip("::ffff:10.0.0.1"), ip("10.0.0.1")));
+        assert!(!from_this_host(ip("10.0.0.2"), ip("10.0.0.1")));
+        assert!(!from_this_host(ip("::ffff:10.0.0.2"), ip("::ffff:10.0.0.1")));
+        assert!(!from_this_host(ip("2001:db8::2"), ip("2001:db8::1")));
     }
 
     #[test]

@@ -49,7 +49,7 @@ use mip::keystore::KeyStore;
 use mip::roles::Now;
 use mip::time::Instant;
 
-use crate::admin::{AdminServer, AdminState, Drain, DrainPhase, Recorder, RequestQueue, Requests, unix_ms};
+use crate::admin::{AdminServer, AdminState, Drain, DrainPhase, HostOnly, Recorder, RequestQueue, Requests, unix_ms};
 use crate::batch::{RecvBatch, SendBatch};
 use crate::clock::Clock;
 use crate::keys::KeysWatcher;
@@ -126,6 +126,10 @@ struct Admin {
     metrics: Arc<Registry>,
     requests: Requests<String, Query>,
     drain: Drain,
+    /// `daemon.admin_remote_access`.
+    remote_access: bool,
+    /// `mip_admin_refused_total{route}`, in [`HostOnly::ALL`]'s order.
+    refused: [Counter; 3],
 }
 
 fn request_error(e: crate::admin::RequestError) -> String {
@@ -147,6 +151,18 @@ impl AdminState for Admin {
     }
     fn drain(&self) -> Option<&Drain> {
         Some(&self.drain)
+    }
+    fn remote_access(&self) -> bool {
+        self.remote_access
+    }
+    fn refused(&self, route: HostOnly) {
+        if let Some(c) = HostOnly::ALL
+            .iter()
+            .position(|r| *r == route)
+            .and_then(|i| self.refused.get(i))
+        {
+            c.inc();
+        }
     }
 }
 
@@ -186,6 +202,7 @@ struct Stats {
     key_reloads_ok: Counter,
     key_reloads_failed: Counter,
     up: Gauge,
+    admin_refused: [Counter; 3],
 }
 
 impl Stats {
@@ -206,7 +223,17 @@ impl Stats {
             )
             .map_err(|e| e.to_string())?;
         start.set(unix_ms(std::time::SystemTime::now()) as f64 / 1000.0);
+        let refused = |route: HostOnly| {
+            r.counter(
+                "mip_admin_refused_total",
+                "Admin requests for a host-only route (/bindings, /status, /drain) from another host, refused with 403.",
+                &[("route", route.path())],
+            )
+            .map_err(|e| e.to_string())
+        };
+        let [b, st, d] = HostOnly::ALL;
         Ok(Stats {
+            admin_refused: [refused(b)?, refused(st)?, refused(d)?],
             key_reloads_ok: reload("ok")?,
             key_reloads_failed: reload("error")?,
             up: r
@@ -349,6 +376,8 @@ pub fn run<S: Service>(
         metrics: Arc::clone(&metrics),
         requests,
         drain: drain_control.clone(),
+        remote_access: settings.admin_remote_access,
+        refused: stats.admin_refused.clone(),
     });
     let server = AdminServer::spawn(admin, state).map_err(|e| format!("admin server on {admin}: {e}"))?;
     let status = StatusContext {

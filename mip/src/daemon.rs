@@ -54,9 +54,16 @@ pub const MAX_DRAIN_MS: u64 = 600_000;
 pub struct DaemonSettings {
     /// The keys file (security associations); reloaded on SIGHUP or when it changes, without losing state.
     pub keys_file: PathBuf,
-    /// Admin HTTP address: `/healthz`, `/readyz`, `/metrics`, `/bindings`, `/drain`. Default 127.0.0.1:9434.
+    /// Admin HTTP address: `/healthz`, `/readyz`, `/metrics`, `/bindings`, `/status`, `/drain`. Default
+    /// 127.0.0.1:9434.
     #[serde(default = "default_admin")]
     pub admin: SocketAddr,
+    /// Whether `/bindings`, `/status` and `/drain` (node addresses, and the power to withdraw the daemon) answer
+    /// clients on other hosts too. Default false: only clients on this host (a loopback source, or the host's
+    /// own address as the source: the kubelet's probes and `preStop` hook under host networking); others get
+    /// 403 and `mip_admin_refused_total`. `/healthz`, `/readyz` and `/metrics` answer whoever reaches `admin`.
+    #[serde(default)]
+    pub admin_remote_access: bool,
     /// Log format.
     #[serde(default)]
     pub log_format: LogFormat,

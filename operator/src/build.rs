@@ -550,6 +550,8 @@ impl<'a> Ctx<'a> {
                 keys_file: PathBuf::from(KEYS_DIR).join(KEYS_KEY),
                 // Every address: the kubelet probes the pod IP (the node's) and peers scrape /metrics.
                 admin: SocketAddr::from((Ipv4Addr::UNSPECIFIED, s.admin_port)),
+                // /bindings, /status and /drain stay host-only: the kubelet's preStop hook comes from the node.
+                admin_remote_access: false,
                 log_format: match s.telemetry.log_format {
                     LogFormat::Json => DaemonLogFormat::Json,
                     LogFormat::Text => DaemonLogFormat::Text,

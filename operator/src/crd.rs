@@ -319,7 +319,8 @@ pub struct MipProxySpec {
     #[serde(default = "drain_seconds")]
     #[schemars(range(max = 600))]
     pub drain_seconds: u32,
-    /// Admin port (`/metrics`, `/healthz`, `/readyz`, `/bindings`, `/drain`) on every node.
+    /// Admin port on every node: `/healthz`, `/readyz`, `/metrics` for whoever reaches it; `/bindings`,
+    /// `/status`, `/drain` only from the node itself (others get 403).
     #[serde(default = "admin_port")]
     #[schemars(range(min = 1))]
     pub admin_port: u16,
