@@ -233,7 +233,20 @@ pub fn admin_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Stri
         .ok_or_else(|| format!("{addr}: malformed HTTP response"))?;
     let status = head.split_whitespace().nth(1).unwrap_or("?");
     if status != "200" {
-        return Err(format!("{addr}{path}: HTTP {status}"));
+        // The daemon's one-line reason (e.g. 403 "only from this host"), printable characters only, bounded.
+        let reason: String = body
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect();
+        return Err(if reason.is_empty() {
+            format!("{addr}{path}: HTTP {status}")
+        } else {
+            format!("{addr}{path}: HTTP {status}: {reason}")
+        });
     }
     Ok(body.to_string())
 }

@@ -184,3 +184,29 @@ fn bindings_reads_the_admin_api() {
     assert_eq!(code, 3);
     assert!(err.contains("127.0.0.1:1"), "{err}");
 }
+
+/// A refusal is reported with the daemon's reason line, so "only from this host" reaches the user.
+#[test]
+fn bindings_reports_the_daemons_reason_for_a_refusal() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut req = [0u8; 1024];
+        let _ = s.read(&mut req).unwrap();
+        let body = "forbidden: only from this host (daemon.admin_remote_access)\n";
+        write!(
+            s,
+            "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+    });
+    let (code, _, err) = mipctl(&["bindings", "--admin", &addr.to_string()]);
+    server.join().unwrap();
+    assert_eq!(code, 3);
+    assert!(
+        err.contains("/bindings: HTTP 403: forbidden: only from this host (daemon.admin_remote_access)"),
+        "{err}"
+    );
+}
