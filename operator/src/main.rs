@@ -202,3 +202,30 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _ = server.await;
     Ok(code)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+    use clap::Parser;
+
+    /// What the chart passes (`--default-otlp-endpoint` from Helm `tracing.endpoint`) is parsed, and an endpoint
+    /// the proxies' exporter cannot use stops the operator at start with the reason.
+    #[test]
+    fn default_otlp_endpoint_flag() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["mip-operator", "--proxy-image", "r/mip-proxy:1"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv)
+        };
+        assert_eq!(parse(&[]).unwrap().default_otlp_endpoint, None);
+        let a = parse(&["--default-otlp-endpoint", "http://otel.observability:4317"]).unwrap();
+        assert_eq!(
+            a.default_otlp_endpoint.as_deref(),
+            Some("http://otel.observability:4317")
+        );
+        let e = parse(&["--default-otlp-endpoint", "https://otel:4317"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("https is not supported"), "{e}");
+    }
+}
