@@ -288,6 +288,30 @@ where
     (out, server)
 }
 
+/// A permanent failure of `category`: the error policy waits for a change of `obj` instead of retrying.
+fn waits_for_change<K>(obj: Arc<K>, r: Result<Action, reconcile::Error>, ctx: &Arc<Context>, category: Category)
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let err = r.unwrap_err();
+    assert_eq!(err.category(), category);
+    assert_eq!(
+        reconcile::error_policy(obj, &err, Arc::clone(ctx)),
+        Action::await_change()
+    );
+}
+
+impl Call {
+    /// The request is a Warning event with `reason`; returns it for more checks.
+    fn warning(&self, reason: &str) -> &Value {
+        assert_eq!(
+            (self.body["type"].as_str(), self.body["reason"].as_str()),
+            (Some("Warning"), Some(reason))
+        );
+        &self.body
+    }
+}
+
 /// Drops the context (the client) and checks that the reconciler sent nothing more.
 async fn finished(ctx: Arc<Context>, server: ApiServer) {
     drop(ctx);
@@ -527,10 +551,7 @@ async fn an_invalid_spec_is_reported_and_nothing_is_applied() {
         assert_eq!(condition(st, "Progressing")["status"], "False");
         c.patched(&base);
         let c = s.expect(Method::POST, EVENTS).await;
-        assert_eq!(
-            (c.body["type"].as_str(), c.body["reason"].as_str()),
-            (Some("Warning"), Some("InvalidSpec"))
-        );
+        c.warning("InvalidSpec");
         assert!(c.body["note"].as_str().unwrap().contains("spec.vpnGateways.private"));
         c.echo();
         s
@@ -542,12 +563,7 @@ async fn an_invalid_spec_is_reported_and_nothing_is_applied() {
         script,
     )
     .await;
-    let err = r.unwrap_err();
-    assert_eq!(err.category(), Category::InvalidSpec);
-    assert_eq!(
-        reconcile::error_policy(p, &err, Arc::clone(&ctx)),
-        Action::await_change()
-    );
+    waits_for_change(p, r, &ctx, Category::InvalidSpec);
     assert_eq!(ctx.metrics.errors(ControllerKind::MipProxy, Category::InvalidSpec), 1);
     finished(ctx, server).await;
 }
@@ -606,12 +622,7 @@ async fn a_missing_home_agent_secret_stops_the_mipproxy_too() {
         script,
     )
     .await;
-    let err = r.unwrap_err();
-    assert_eq!(err.category(), Category::MissingSecret);
-    assert_eq!(
-        reconcile::error_policy(p, &err, Arc::clone(&ctx)),
-        Action::await_change()
-    );
+    waits_for_change(p, r, &ctx, Category::MissingSecret);
     finished(ctx, server).await;
 }
 
@@ -760,10 +771,7 @@ async fn a_home_agent_with_a_missing_secret_is_degraded_with_an_event() {
         assert_eq!(condition(st, "Ready")["status"], "False");
         c.patched(&base);
         let c = s.expect(Method::POST, EVENTS).await;
-        assert_eq!(
-            (c.body["type"].as_str(), c.body["reason"].as_str()),
-            (Some("Warning"), Some("SecretMissing"))
-        );
+        c.warning("SecretMissing");
         assert_eq!(c.body["regarding"]["kind"], "HomeAgent");
         c.echo();
         s
@@ -775,12 +783,7 @@ async fn a_home_agent_with_a_missing_secret_is_degraded_with_an_event() {
         script,
     )
     .await;
-    let err = r.unwrap_err();
-    assert_eq!(err.category(), Category::MissingSecret);
-    assert_eq!(
-        reconcile::error_policy(ha, &err, Arc::clone(&ctx)),
-        Action::await_change()
-    );
+    waits_for_change(ha, r, &ctx, Category::MissingSecret);
     assert_eq!(
         ctx.metrics.errors(ControllerKind::HomeAgent, Category::MissingSecret),
         1
@@ -1005,10 +1008,7 @@ async fn ready_pods_report_and_an_unreachable_one_is_degraded() {
         assert_eq!(condition(st, "Replicating")["status"], "Unknown");
         c.patched(&base);
         let c = s.expect(Method::POST, EVENTS).await;
-        assert_eq!(
-            (c.body["type"].as_str(), c.body["reason"].as_str()),
-            (Some("Warning"), Some("Degraded"))
-        );
+        c.warning("Degraded");
         assert!(c.body["note"].as_str().unwrap().starts_with("ProxyUnreachable"));
         c.echo();
         s
