@@ -201,8 +201,7 @@ mod tests {
     use core::net::SocketAddrV4;
     use mip::roles::mn::MnTunnel;
     use mip::wire::ReplyCode;
-    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-    use tracing_subscriber::layer::SubscriberExt;
+    use opentelemetry_sdk::trace::{Sampler, SpanData};
 
     const HOA: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 50);
     const PROXY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
@@ -234,14 +233,7 @@ mod tests {
     }
 
     fn traced(f: impl FnOnce()) -> Vec<SpanData> {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let subscriber = tracing_subscriber::registry().with(mip_io::telemetry::otel_layer(&provider));
-        tracing::subscriber::with_default(subscriber, f);
-        provider.force_flush().unwrap();
-        exporter.get_finished_spans().unwrap()
+        mip_io::telemetry::capture_spans(Sampler::AlwaysOn, f).1
     }
 
     fn attr(s: &SpanData, key: &str) -> Option<String> {

@@ -255,7 +255,7 @@ fn host_name() -> Option<String> {
 }
 
 /// The SDK's sampler: parent-based; roots always, as the daemons create a root only when [`sample_root`] drew it.
-fn sampler() -> Sampler {
+pub fn daemon_sampler() -> Sampler {
     Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
 }
 
@@ -289,7 +289,7 @@ fn start_exporter(
         .build();
     let provider = SdkTracerProvider::builder()
         .with_span_processor(batch)
-        .with_sampler(sampler())
+        .with_sampler(daemon_sampler())
         .with_resource(resource(&plan.service_name, attributes))
         .build();
     Ok((provider, runtime))
@@ -407,6 +407,23 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) -> bool {
     span.set_parent(cx).is_ok()
 }
 
+/// Test support (feature `testing`, and this crate's tests): runs `f` under a subscriber with the daemons'
+/// OpenTelemetry layer ([`otel_layer`]) exporting into memory through `sampler` (the daemons' own:
+/// [`daemon_sampler`]); returns what `f` returned and the spans that finished.
+#[cfg(any(test, feature = "testing"))]
+pub fn capture_spans<T>(sampler: Sampler, f: impl FnOnce() -> T) -> (T, Vec<opentelemetry_sdk::trace::SpanData>) {
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .with_sampler(sampler)
+        .build();
+    let subscriber = tracing_subscriber::registry().with(otel_layer(&provider));
+    let out = tracing::subscriber::with_default(subscriber, f);
+    // The simple exporter exported each span as it ended; the flush only makes sure.
+    let _ = provider.force_flush();
+    (out, exporter.get_finished_spans().unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     /// The draws sample at the ratio: 100,000 consecutive draws (any seed) land within 1 % of it, and the bounds
@@ -432,7 +449,7 @@ mod tests {
 
     use super::*;
     use opentelemetry::trace::{SpanId, TraceId};
-    use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+    use opentelemetry_sdk::trace::SpanData;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -523,22 +540,6 @@ replication: {listen: '10.10.0.11:7434', peers: {static: []}, insecure_plaintext
         );
     }
 
-    /// A subscriber with only the OpenTelemetry layer, exporting into memory.
-    fn in_memory() -> (
-        impl tracing::Subscriber + Send + Sync,
-        SdkTracerProvider,
-        InMemorySpanExporter,
-    ) {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .with_sampler(sampler())
-            .with_resource(resource("mip-test", &[("service.instance.id", "10.0.0.1".into())]))
-            .build();
-        let subscriber = tracing_subscriber::registry().with(otel_layer(&provider));
-        (subscriber, provider, exporter)
-    }
-
     fn named<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
         spans
             .iter()
@@ -557,8 +558,7 @@ replication: {listen: '10.10.0.11:7434', peers: {static: []}, insecure_plaintext
     /// not; a traceparent carries the context to a span elsewhere, which joins the trace as a child.
     #[test]
     fn spans_attributes_and_remote_parents() {
-        let (subscriber, provider, exporter) = in_memory();
-        let tp = tracing::subscriber::with_default(subscriber, || {
+        let (tp, spans) = capture_spans(daemon_sampler(), || {
             let root = tracing::info_span!(target: "mip_trace", "registration",
                 mip.home_address = "10.10.1.50", mip.reply_code = tracing::field::Empty);
             let child = tracing::info_span!(target: "mip_trace", parent: &root, "replicate");
@@ -578,8 +578,6 @@ replication: {listen: '10.10.0.11:7434', peers: {static: []}, insecure_plaintext
             assert!(!set_remote_parent(&bad, "00-zz-11-01"));
             tp
         });
-        provider.force_flush().unwrap();
-        let spans = exporter.get_finished_spans().unwrap();
         assert_eq!(spans.len(), 4, "{spans:?}");
         let root = named(&spans, "registration");
         let replicate = named(&spans, "replicate");
@@ -614,8 +612,7 @@ replication: {listen: '10.10.0.11:7434', peers: {static: []}, insecure_plaintext
     /// a sampled parent is exported, of an unsampled one is not (and says so in its own traceparent).
     #[test]
     fn sampling_is_parent_based() {
-        let (subscriber, provider, exporter) = in_memory();
-        let unsampled_child = tracing::subscriber::with_default(subscriber, || {
+        let (unsampled_child, spans) = capture_spans(daemon_sampler(), || {
             let root = tracing::info_span!(target: "mip_trace", "registration");
             assert!(is_sampled(&root));
             drop(root);
@@ -635,8 +632,6 @@ replication: {listen: '10.10.0.11:7434', peers: {static: []}, insecure_plaintext
             drop(ignored);
             tp
         });
-        provider.force_flush().unwrap();
-        let spans = exporter.get_finished_spans().unwrap();
         let mut names: Vec<_> = spans.iter().map(|s| s.name.to_string()).collect();
         names.sort();
         assert_eq!(names, ["apply", "registration"]);

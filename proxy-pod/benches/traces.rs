@@ -23,7 +23,7 @@ use mip::time::{Instant, NtpTimestamp};
 use mip::wire::ReplyCode;
 use mip_proxy::traces::RegistrationTraces;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter};
 use tracing_subscriber::layer::SubscriberExt;
 
 // The relay round of `mip/benches/relay.rs`, shared by path (benches cannot depend on each other).
@@ -103,7 +103,7 @@ fn bench(c: &mut Criterion) {
     for (name, ratio) in [("traced", 1.0), ("traced_sampled_10pct", 0.1)] {
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BatchSpanProcessor::builder(Discard).build())
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+            .with_sampler(mip_io::telemetry::daemon_sampler())
             .build();
         // As mip_io::telemetry::init does: the roots are drawn by the daemon, before any span exists.
         mip_io::telemetry::set_root_sampling(ratio);

@@ -406,8 +406,7 @@ mod tests {
     use mip::roles::{Datagram, Now};
     use mip::time::{Instant as MipInstant, NtpTimestamp};
     use mip::wire::{AuthKind, Dialect, MessageWriter, ReplyCode, ReplyRepr, RequestFlags, RequestRepr};
-    use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider, SpanData};
-    use tracing_subscriber::layer::SubscriberExt;
+    use opentelemetry_sdk::trace::{Sampler, SpanData};
 
     const PUB: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
     const PRIV: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 10);
@@ -514,15 +513,7 @@ mod tests {
     }
 
     fn traced_with(sampler: Sampler, f: impl FnOnce()) -> Vec<SpanData> {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .with_sampler(sampler)
-            .build();
-        let subscriber = tracing_subscriber::registry().with(mip_io::telemetry::otel_layer(&provider));
-        tracing::subscriber::with_default(subscriber, f);
-        provider.force_flush().unwrap();
-        exporter.get_finished_spans().unwrap()
+        mip_io::telemetry::capture_spans(sampler, f).1
     }
 
     fn attr(s: &SpanData, key: &str) -> Option<String> {
