@@ -89,8 +89,7 @@ use mip_io::batch::{BUFFER_SIZE, DEFAULT_BATCH, RecvBatch, SendBatch};
 use mip_io::clock::Clock;
 use mip_io::daemon::{Context, FIRST_SERVICE_TOKEN, Service, filled};
 use mip_io::metrics::{
-    Counter, DropCounters, Gauge, Histogram, LATENCY_BUCKETS, MetricsError, Registry, ReplyCodes, TunnelTraffic,
-    count_control_drop,
+    Counter, DropCounters, Gauge, Histogram, MetricsError, Registry, ReplyCodes, TunnelTraffic, count_control_drop,
 };
 use mip_io::net::{self, NetError, Route, Rule};
 use mip_io::socket::{RawSocket, UdpOptions, UdpSocket};
@@ -569,12 +568,7 @@ impl FaMetrics {
                 "Relayed requests waiting for a home agent's reply.",
                 &[],
             )?,
-            relay_latency: r.histogram(
-                "mip_relay_latency_seconds",
-                "Time from relaying a registration request to the home agent's reply.",
-                &[],
-                LATENCY_BUCKETS,
-            )?,
+            relay_latency: r.relay_latency()?,
             advertisements: r.counter("mip_advertisements_total", "Agent Advertisements sent.", &[])?,
             solicitations: r.counter(
                 "mip_solicitations_total",

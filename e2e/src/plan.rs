@@ -176,3 +176,16 @@ impl FromStr for Access {
             .ok_or_else(|| Error::Usage(format!("unknown access network `{s}` (A, C1, C2, B, D)")))
     }
 }
+
+/// A Registration Request for [`HOA`] to [`PROXY_PUBLIC`] with a wrong MN-HA authenticator (SPI 256): bad input
+/// every listener must drop without a reply, and count.
+pub fn forged_request() -> Vec<u8> {
+    let mut m = vec![1u8, 0x02, 0x02, 0x58];
+    m.extend(HOA.octets());
+    m.extend(PROXY_PUBLIC.octets());
+    m.extend([203, 0, 113, 99]);
+    m.extend([0xee; 8]);
+    m.extend([32, 20, 0, 0, 1, 0]);
+    m.extend([0x5a; 16]);
+    m
+}

@@ -17,18 +17,6 @@ use mip_e2e::system::{self, ADMIN, System, SystemOptions, admin_get, metric, met
 use mip_e2e::{Lab, LabOptions, Mode, plan};
 use serde_json::Value;
 
-/// A Registration Request for the lab's home address with a wrong MN-HA authenticator (SPI 256).
-fn forged_request() -> Vec<u8> {
-    let mut m = vec![1u8, 0x02, 0x02, 0x58];
-    m.extend(plan::HOA.octets());
-    m.extend(plan::PROXY_PUBLIC.octets());
-    m.extend([203, 0, 113, 99]);
-    m.extend([0xee; 8]);
-    m.extend([32, 20, 0, 0, 1, 0]);
-    m.extend([0x5a; 16]);
-    m
-}
-
 /// Polls `/metrics` of the daemon in `ns` until `ok` holds (3 s at most); returns the last scrape.
 fn scrape_until(lab: &Lab, ns: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
     let end = Instant::now() + Duration::from_secs(3);
@@ -68,7 +56,7 @@ fn two_box_metrics_and_status_after_registration_bad_input_and_traffic() {
         &lab,
         "inet",
         SocketAddrV4::new(plan::PROXY_PUBLIC, 434),
-        &forged_request(),
+        &plan::forged_request(),
     );
 
     let bad_auth = "mip_drops_total{path=\"control\",reason=\"bad_authenticator\"}";

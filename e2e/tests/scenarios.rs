@@ -392,17 +392,7 @@ fn two_box_bad_input_on_every_listening_port_is_dropped_and_counted() {
     let daemons = [e.sys.proxy_ns(), "ha", "fa1", "mn"];
     let before: Vec<f64> = daemons.iter().map(|d| drops(&e, d)).collect();
 
-    let forged_rrq = {
-        // A Registration Request for the home address with a wrong MN-HA authenticator (SPI 256).
-        let mut m = vec![1u8, 0x02, 0x02, 0x58];
-        m.extend(plan::HOA.octets());
-        m.extend(plan::PROXY_PUBLIC.octets());
-        m.extend([203, 0, 113, 99]);
-        m.extend([0xee; 8]);
-        m.extend([32, 20, 0, 0, 1, 0]);
-        m.extend([0x5a; 16]);
-        m
-    };
+    let forged_rrq = plan::forged_request();
     let garbage: Vec<Vec<u8>> = vec![
         vec![],
         vec![1],

@@ -643,6 +643,17 @@ impl Registry {
         }
     }
 
+    /// `mip_relay_latency_seconds`: from relaying a registration request to the home agent's reply (the proxy's
+    /// and the foreign agent's, one definition for both).
+    pub fn relay_latency(&self) -> Result<Histogram, MetricsError> {
+        self.histogram(
+            "mip_relay_latency_seconds",
+            "Time from relaying a registration request to the home agent's reply.",
+            &[],
+            LATENCY_BUCKETS,
+        )
+    }
+
     /// Registers one counter per reason, label `label="<reason>"`, all at 0.
     pub fn drop_counters(
         &self,

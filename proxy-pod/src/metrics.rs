@@ -33,8 +33,7 @@ use mip::dataplane::{DataDrop, DataPlane};
 use mip::roles::DropReason;
 use mip::wire::ReplyCode;
 use mip_io::metrics::{
-    Counter, DropCounters, FloatGauge, Gauge, Histogram, LATENCY_BUCKETS, MetricsError, Registry, ReplyCodes,
-    count_control_drop,
+    Counter, DropCounters, FloatGauge, Gauge, Histogram, MetricsError, Registry, ReplyCodes, count_control_drop,
 };
 
 const REGISTRATIONS: &str = "Registration replies sent to mobile nodes, by reply code.";
@@ -219,12 +218,7 @@ impl ProxyMetrics {
             )?,
             control_drops,
             data_drops,
-            relay_latency: r.histogram(
-                "mip_relay_latency_seconds",
-                "Time from relaying a registration request to the home agent's reply.",
-                &[],
-                LATENCY_BUCKETS,
-            )?,
+            relay_latency: r.relay_latency()?,
             bindings: r.gauge("mip_bindings", "Bindings in the proxy's cache.", &[])?,
             pending: r.gauge(
                 "mip_pending_requests",
